@@ -1,0 +1,157 @@
+"""`ReftConfig`: everything that defines a set of interventions, validated and JSON round-trippable."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from .interventions import get_intervention_class
+from .interventions.base import make_activation, resolve_dtype
+from .positions import parse_positions
+
+COMPONENTS = ("block_output", "block_input", "attention_output", "mlp_output")
+CONFIG_NAME = "reft_config.json"
+FORMAT_VERSION = 1
+
+
+def parse_layers(layers: str | int | list[int] | tuple[int, ...], num_layers: int | None = None) -> list[int] | str:
+    """``"3;9;18"`` / ``[3, 9, 18]`` / ``"all"`` → sorted unique layer indices (``"all"`` needs ``num_layers``).
+
+    Negative indices count from the top (``-1`` = last layer) when ``num_layers`` is known.
+    """
+    if isinstance(layers, str):
+        text = layers.strip()
+        if text == "all":
+            return list(range(num_layers)) if num_layers is not None else "all"
+        try:
+            layers = [int(x) for x in text.replace(",", ";").split(";") if x.strip()]
+        except ValueError:
+            raise ValueError(f"cannot parse layers {text!r}: write 'all' or indices like '3;9;18'") from None
+    elif isinstance(layers, int):
+        layers = [layers]
+    layers = list(layers)
+    if not layers or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+        raise ValueError(f"layers {layers!r} must be 'all' or a non-empty list of integers")
+    if num_layers is not None:
+        bad = [x for x in layers if not -num_layers <= x < num_layers]
+        if bad:
+            raise ValueError(
+                f"layer index {bad[0]} is out of range: the model has {num_layers} layers (0…{num_layers - 1})"
+            )
+        layers = [x % num_layers for x in layers]
+    return sorted(set(layers))
+
+
+@dataclass
+class ReftConfig:
+    """Where and how to intervene.
+
+    Args:
+        layers: ``"all"``, ``"3;9;18"`` or a list of layer indices. Default: ``"all"``
+        component: which representation of a layer: ``block_output`` (residual stream after the block),
+            ``block_input``, ``attention_output``, ``mlp_output``. Default: ``"block_output"``
+        positions: ``"f<p>+l<s>"``, e.g. ``"f7+l7"``, ``"l1"``. Default: ``"l1"``
+        tied: one Φ per layer shared by prefix and suffix (True) or one each (False). Default: True
+        rank: low rank r. Default: 4
+        intervention: registered type: loreft, noreft, consreft, lobireft, direft, orthodireft. Default: ``"loreft"``
+        dropout: dropout on the edit. Default: 0.0
+        act: activation on ``W h + b`` (relu, gelu, silu, tanh, …) or None. Default: None
+        dtype: intervention parameter dtype; keep fp32 for bf16 models. Default: ``"float32"``
+        layers_path: dotted path of the layer list when automatic discovery fails, e.g. ``"model.layers"``.
+        base_model: name of the base model (filled in on attach; checked on load).
+        model_type, hidden_size, num_layers: the base model's (filled in on attach; checked on load).
+    """
+
+    layers: Any = "all"
+    component: str = "block_output"
+    positions: str = "l1"
+    tied: bool = True
+    rank: int = 4
+    intervention: str = "loreft"
+    dropout: float = 0.0
+    act: str | None = None
+    dtype: str = "float32"
+    layers_path: str | None = None
+    base_model: str | None = None
+    model_type: str | None = None
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    format_version: int = field(default=FORMAT_VERSION)
+
+    def __post_init__(self) -> None:
+        self.layers = parse_layers(self.layers, self.num_layers)
+        if self.component not in COMPONENTS:
+            raise ValueError(f"unknown component {self.component!r}: choose one of {list(COMPONENTS)}")
+        self.positions = str(parse_positions(self.positions))
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
+        if self.hidden_size is not None and self.rank > self.hidden_size:
+            raise ValueError(f"rank {self.rank} > hidden size {self.hidden_size}: choose rank ≤ {self.hidden_size}")
+        get_intervention_class(self.intervention)
+        make_activation(self.act)
+        resolve_dtype(self.dtype)
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout {self.dropout} must be in [0, 1)")
+        if not isinstance(self.tied, bool):
+            raise ValueError(f"tied must be true or false, got {self.tied!r}")
+
+    # ---- derived -------------------------------------------------------------------------------------------
+    @property
+    def parts(self) -> list[str]:
+        """Intervention slots per layer: ``["all"]`` when tied (or one part only), else ``["first", "last"]``."""
+        spec = parse_positions(self.positions)
+        if self.tied or not (spec.first and spec.last):
+            return ["all"]
+        return ["first", "last"]
+
+    def keys(self) -> list[str]:
+        """Names of the interventions, e.g. ``layer3`` (tied) or ``layer3_first`` / ``layer3_last``."""
+        if self.layers == "all":
+            raise ValueError("layers='all' is resolved when the config is attached to a model")
+        return [f"layer{i}" if p == "all" else f"layer{i}_{p}" for i in self.layers for p in self.parts]
+
+    # ---- JSON ----------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReftConfig:
+        """Build from a dict; unknown keys warn (a newer reft wrote them), wrong types raise."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a ReftConfig must be a JSON object, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            warnings.warn(f"ignoring unknown ReftConfig keys {unknown}: written by a newer reft? upgrade reft",
+                          stacklevel=2)
+        if int(data.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
+            raise ValueError(f"checkpoint format {data['format_version']} is newer than this reft "
+                             f"({FORMAT_VERSION}): upgrade reft")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ReftConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{CONFIG_NAME} is not valid JSON ({e}): the checkpoint is corrupt; re-save it") from None
+        return cls.from_dict(data)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as f:
+            f.write(self.to_json())
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> ReftConfig:
+        path = os.path.join(directory, CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: is this a reft adapter directory?")
+        with open(path, encoding="utf-8") as f:
+            return cls.from_json(f.read())

@@ -1,0 +1,284 @@
+"""`ReftModel`: a frozen transformers model plus interventions attached by hooks.
+
+    >>> reft_model = get_reft_model(model, ReftConfig(layers="3;9", positions="f7+l7", rank=4))
+    >>> out = reft_model(input_ids, attention_mask=mask, labels=labels, prompt_lengths=lens)
+    >>> reft_model.generate(input_ids, attention_mask=mask, max_new_tokens=32)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
+
+from ..config import ReftConfig
+from ..interventions import get_intervention_class
+from ..positions import parse_positions, prompt_positions
+from .hooks import InterventionContext, register_intervention_hook
+from .layers import component_module, find_layers, model_dims
+
+# causal LMs whose logits are exactly lm_head(last hidden state): the loss can skip prompt positions
+_PLAIN_LM_HEAD = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "phi3", "olmo", "olmo2"}
+
+
+def _model_name(model: nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or None
+
+
+class ReftModel(nn.Module):
+    """A frozen base model whose hidden states are edited by interventions at prompt positions.
+
+    Attribute access falls through to the base model (``reft_model.config``, ``.device``, …).
+
+    Args:
+        model (nn.Module): a transformers model (decoder or encoder); its parameters are frozen.
+        config (ReftConfig): where and how to intervene; ``layers="all"`` is resolved against ``model``.
+    """
+
+    def __init__(self, model: nn.Module, config: ReftConfig) -> None:
+        super().__init__()
+        hidden, num_layers = model_dims(model)
+        data = config.to_dict() | {
+            "hidden_size": hidden,
+            "num_layers": num_layers,
+            "model_type": getattr(model.config, "model_type", None),
+            "base_model": config.base_model or _model_name(model),
+        }
+        data["layers"] = config.layers
+        self.reft_config = ReftConfig.from_dict(data)  # validates layers, rank against this model
+        self.model = model
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+        cfg = self.reft_config
+        cls = get_intervention_class(cfg.intervention)
+        options = {"dropout": cfg.dropout, "act": cfg.act, "dtype": cfg.dtype}
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        with torch.device(device):
+            self.interventions = nn.ModuleDict({key: cls(hidden, cfg.rank, **options) for key in cfg.keys()})
+
+        self._ctx = InterventionContext()
+        spec = parse_positions(cfg.positions)
+        slots = {"all": slice(0, spec.width), "first": slice(0, spec.first), "last": slice(spec.first, spec.width)}
+        blocks = find_layers(model, cfg.layers_path)
+        for i in cfg.layers:
+            parts = [(self.interventions[k], slots[k.partition("_")[2] or "all"]) for k in cfg.keys()
+                     if k.partition("_")[0] == f"layer{i}"]
+            target = component_module(blocks[i], cfg.component)
+            register_intervention_hook(target, self._ctx, parts, on_input=cfg.component == "block_input")
+        self._generating: tuple[torch.Tensor, int] | None = None
+        self._ctx.handles.append(model.register_forward_pre_hook(self._generation_step, with_kwargs=True))
+
+    # ---- plumbing ------------------------------------------------------------------------------------------
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def intervention_parameters(self) -> Iterator[nn.Parameter]:
+        return self.interventions.parameters()
+
+    def print_trainable_parameters(self) -> None:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
+
+    def unload(self) -> nn.Module:
+        """Remove this wrapper's hooks (only its own) and return the untouched base model."""
+        for handle in self._ctx.handles:
+            handle.remove()
+        self._ctx.handles.clear()
+        return self.model
+
+    @contextlib.contextmanager
+    def disable_interventions(self) -> Iterator[None]:
+        """Inside this block the model is the frozen base model."""
+        previous, self._ctx.enabled = self._ctx.enabled, False
+        try:
+            yield
+        finally:
+            self._ctx.enabled = previous
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Turn on the base model's gradient checkpointing (non-reentrant, which a frozen base needs)."""
+        kwargs = {"use_reentrant": False} | (gradient_checkpointing_kwargs or {})
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def set_positions(self, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Compute and install the positions the next forward intervenes on (see :mod:`reft.positions`)."""
+        self._ctx.positions = prompt_positions(attention_mask, prompt_lengths, self.reft_config.positions)
+        return self._ctx.positions
+
+    # ---- forward / loss ------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        prompt_lengths: torch.Tensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """Run the base model with interventions at the prompt positions.
+
+        Args:
+            input_ids: ``[B, T]``.
+            attention_mask: ``[B, T]``; left or right padding. Default: all ones.
+            labels: ``[B, T]`` with ``-100`` on ignored tokens (prompt, padding); shifted inside.
+            prompt_lengths: ``[B]`` prompt token counts; default: the whole attended input is prompt.
+            num_items_in_batch: token count the summed loss is divided by (gradient accumulation); default:
+                the number of label tokens in this batch.
+
+        With ``labels`` on a causal LM whose logits are ``lm_head(h)``, vocabulary logits are computed only at
+        the positions that have a label (``logits`` is then ``None``): the prompt's logits are never needed.
+        """
+        if attention_mask is None:
+            ref = input_ids if input_ids is not None else kwargs["inputs_embeds"][..., 0]
+            attention_mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
+        self.set_positions(attention_mask, prompt_lengths)
+        if labels is not None and self._sparse_loss_ok(kwargs):
+            return self._sparse_lm_loss(input_ids, attention_mask, labels, num_items_in_batch, **kwargs)
+        if labels is not None and num_items_in_batch is not None:
+            kwargs["num_items_in_batch"] = num_items_in_batch
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    def _sparse_loss_ok(self, kwargs: dict) -> bool:
+        cfg = self.model.config
+        return (
+            getattr(cfg, "model_type", None) in _PLAIN_LM_HEAD
+            and getattr(cfg, "final_logit_softcapping", None) is None
+            and self.model.get_output_embeddings() is not None
+            and self.model.base_model is not self.model
+            and not kwargs
+        )
+
+    def _sparse_lm_loss(self, input_ids, attention_mask, labels, num_items_in_batch, **kwargs):
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                       **kwargs).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != -100  # [B, T-1]
+        h = hidden[:, :-1][keep]  # [N, d]: only positions that predict a label
+        logits = self.model.get_output_embeddings()(h).float()
+        loss = F.cross_entropy(logits, targets[keep], reduction="sum")
+        denom = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
+        if isinstance(denom, torch.Tensor):
+            denom = denom.to(loss.device)
+        return CausalLMOutputWithPast(loss=loss / denom, logits=None)
+
+    # ---- generation ----------------------------------------------------------------------------------------
+    def _generation_step(self, module, args, kwargs):
+        """Before each base-model forward inside :meth:`generate`: intervene iff it starts at position 0."""
+        if self._generating is None:
+            return None
+        positions, batch = self._generating
+        cache = kwargs.get("past_key_values")
+        cached = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+        if cached:
+            self._ctx.positions = None  # a decode step: the edit reaches it through the KV cache
+        else:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            rows = (ids if ids is not None else kwargs["inputs_embeds"]).shape[0]
+            self._ctx.positions = positions.repeat_interleave(rows // batch, dim=0)  # beams / num_return_sequences
+        return None
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """``model.generate`` with interventions on the prompt positions during prefill.
+
+        The whole input is the prompt (use left padding for batches). Greedy, sampling and beam search all work;
+        beams and ``num_return_sequences`` repeat the positions per row as ``generate`` repeats the inputs.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        positions = prompt_positions(attention_mask, None, self.reft_config.positions)
+        self._generating = (positions, input_ids.shape[0])
+        try:
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        finally:
+            self._generating = None
+            self._ctx.positions = None
+
+    # ---- persistence ---------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike, **_: object) -> None:
+        """Write ``reft_config.json`` + ``reft_model.safetensors`` atomically (see :mod:`reft.io`)."""
+        from ..io import save_adapter
+
+        save_adapter(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, directory: str | os.PathLike, **kwargs) -> ReftModel:
+        """Attach the adapter saved in ``directory`` to ``model``; refuses a mismatched base model."""
+        from ..io import load_adapter
+
+        return load_adapter(model, directory, **kwargs)
+
+
+class ClassificationHead(nn.Module):
+    """``logits = W_o tanh(W_d h_CLS + b_d) + b_o`` (the RoBERTa-style head; softmax lives in the loss)."""
+
+    def __init__(self, hidden: int, num_labels: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(hidden, num_labels)
+
+    def forward(self, h_cls: torch.Tensor) -> torch.Tensor:
+        """``[B, d] → [B, num_labels]``."""
+        return self.out_proj(self.dropout(torch.tanh(self.dense(self.dropout(h_cls)))))
+
+
+class ReftModelForSequenceClassification(ReftModel):
+    """An encoder with interventions and a trainable head on the first token.
+
+    ``num_labels == 1`` is regression (MSE, e.g. STS-B); otherwise cross-entropy over classes.
+    """
+
+    def __init__(self, model: nn.Module, config: ReftConfig, num_labels: int, head_dropout: float = 0.1) -> None:
+        super().__init__(model, config)
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be ≥ 1 (1 = regression), got {num_labels}")
+        self.num_labels = num_labels
+        device = next(self.model.parameters()).device
+        self.head = ClassificationHead(self.reft_config.hidden_size, num_labels, head_dropout).to(device)
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, token_type_ids=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        self.set_positions(attention_mask, None)
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        logits = self.head(hidden[:, 0])
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels.long())
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def get_reft_model(model: nn.Module, config: ReftConfig, *, num_labels: int | None = None) -> ReftModel:
+    """Freeze ``model`` and attach the interventions ``config`` describes.
+
+    Args:
+        model: a transformers model (``AutoModelForCausalLM`` or an encoder such as ``BertModel``).
+        config: the interventions.
+        num_labels: give it to get a :class:`ReftModelForSequenceClassification` with a fresh head.
+    """
+    config = copy.deepcopy(config)
+    if num_labels is not None:
+        return ReftModelForSequenceClassification(model, config, num_labels)
+    return ReftModel(model, config)
