@@ -39,6 +39,8 @@ _TASK_ALIASES = {
 }
 _THOUSANDS_SEP = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _NUMBER = re.compile(r"(?<![\w.])(-?)(\d+(?:\.\d+)?|\.\d+)(?:/(\d+(?:\.\d+)?))?")
+_COMMONSENSE_TRIGGER_RE = re.compile(re.escape(COMMONSENSE_TRIGGER), re.IGNORECASE)
+_MATH_TRIGGER_RE = re.compile(re.escape(MATH_TRIGGER), re.IGNORECASE)
 _LETTER = re.compile(r"(?<![A-Za-z])([A-E])(?![A-Za-z])")
 
 
@@ -145,9 +147,9 @@ def extract_commonsense_label(text: str, task: str) -> str:
     Returns:
         The label in canonical lower-case form (e.g. ``"answer3"``, ``"true"``), or ``""`` if none is found.
     """
-    trigger_at = text.lower().find(COMMONSENSE_TRIGGER)
-    if trigger_at >= 0:
-        found = _first_label(task, text[trigger_at + len(COMMONSENSE_TRIGGER) :])
+    trigger = _COMMONSENSE_TRIGGER_RE.search(text)
+    if trigger is not None:
+        found = _first_label(task, text[trigger.end() :])
         if found:
             return found
     return _first_label(task, text)
@@ -162,9 +164,9 @@ def extract_choice_letter(text: str) -> str:
     Returns:
         The letter, or ``""`` if none is found.
     """
-    trigger_at = text.lower().find(MATH_TRIGGER.lower())
-    if trigger_at >= 0:
-        match = _LETTER.search(text, trigger_at + len(MATH_TRIGGER))
+    trigger = _MATH_TRIGGER_RE.search(text)
+    if trigger is not None:
+        match = _LETTER.search(text, trigger.end())
         if match:
             return match.group(1)
     match = _LETTER.search(text)

@@ -1,0 +1,308 @@
+"""Peer side of the benchmark: the official pyreft 0.1.0 (+ pyvene 0.1.8) on the shared task.
+
+Run inside benchmarks/.peer-venv (see peer_env.sh):
+
+    benchmarks/.peer-venv/bin/python benchmarks/peer_pyreft.py --setting a --out result.json
+
+Settings (SmolLM2-135M-Instruct, fp32, CPU, LoReFT rank 4 on block_output):
+  a  pyreft README quickstart: one intervention on layer 15 at the last prompt position (l1),
+     data from `pyreft.make_last_position_supervised_data_module`;
+  b  f7+l7 on layers 3;9;15;21, tied (one intervention per layer serves prefix and suffix: 4 interventions),
+     data from `pyreft.make_multiple_position_supervised_data_module(share_weights=True)`;
+  c  the same untied (8 interventions: layers listed twice, first half prefix, second half suffix, as
+     pyreft's examples/loreft/train.py builds them).
+
+Training is `pyreft.ReftTrainerForCausalLM` with `transformers.TrainingArguments` as in the README. The same
+examples in the same order as the reft side: `get_train_dataloader` is overridden to call pyreft's own
+`make_dataloader(..., shuffle=False)` (pyreft's version passes shuffle=True with an unseeded sampler), so batches
+are task order, 8 at a time. Measured: per-epoch wall time (Trainer callbacks) -> examples/s and tokens/s
+(non-pad tokens, prompt included), median over epochs; mean loss of the final epoch; peak RSS; held-out exact
+match with greedy generation through `reft_model.generate` (batches of 16, left padding, pyreft's location
+convention); generation time for 16 prompts x 32 new tokens batched and one at a time, ReFT vs the bare model.
+
+pyreft / pyvene quirks worked around (also written to the JSON "notes"):
+  * transformers >= 4.46 calls compute_loss(model, inputs, num_items_in_batch=...): pyreft's signature has no
+    **kwargs -> shim subclass; transformers 5 removed Trainer(tokenizer=) -> processing_class=.
+  * LoreftIntervention makes its learned_source Linear bfloat16 unless dtype= is given -> pass dtype=float32.
+  * ReftTrainerForCausalLM shuffles with an unseeded DataLoader -> overridden for a fixed order (see above).
+  * pyreft's batched-generation examples find left-padding offsets through BOS tokens; this tokenizer's BOS is
+    <|im_start|>, which occurs several times per chat prompt -> offsets are taken from the attention mask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import pyreft
+import torch
+import transformers
+from pyreft.reft_trainer import make_dataloader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import model_cache  # noqa: E402
+import task  # noqa: E402
+
+LAYERS = {"a": [15], "b": [3, 9, 15, 21], "c": [3, 9, 15, 21]}
+POSITIONS = {"a": "l1", "b": "f7+l7", "c": "f7+l7"}
+RANK = 4
+NOTES = [
+    "compute_loss shim: transformers>=4.46 passes num_items_in_batch; pyreft 0.1.0's compute_loss has no **kwargs",
+    "Trainer(tokenizer=) is gone in transformers 5: processing_class= used",
+    "LoreftIntervention defaults learned_source to bfloat16: dtype=torch.float32 passed explicitly",
+    "ReftTrainerForCausalLM.get_train_dataloader shuffles (unseeded): overridden with pyreft.make_dataloader("
+    "shuffle=False) so batches follow task order",
+    "generation: left padding; intervention offsets from the attention mask (pyreft examples use BOS positions, "
+    "but this tokenizer's BOS <|im_start|> occurs several times per prompt)",
+    "tokenizer.model_max_length set to 2048 as in pyreft's README: pyreft tokenizes with "
+    "max_length=model_max_length, and the saved default (1e30) overflows the fast tokenizer",
+    "make_last_position_supervised_data_module intervenes at prompt_len-1 (the last prompt token, '\\n' after "
+    "'assistant'); generation uses the same position",
+]
+
+
+class Timer(transformers.TrainerCallback):
+    """Wall time of each epoch."""
+
+    def __init__(self):
+        self.epoch_s: list[float] = []
+        self._t0 = 0.0
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.epoch_s.append(time.perf_counter() - self._t0)
+
+
+class Trainer(pyreft.ReftTrainerForCausalLM):
+    """pyreft's trainer with a fixed batch order and a compute_loss that accepts new transformers kwargs."""
+
+    epoch_losses: list[list[float]]
+
+    def get_train_dataloader(self):
+        return make_dataloader(self.train_dataset, self._train_batch_size, self.data_collator, shuffle=False)
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs)
+        loss = out[0].loss if return_outputs else out
+        step = int(self.state.global_step)
+        steps_per_epoch = -(-len(self.train_dataset) // self._train_batch_size)
+        epoch = step // steps_per_epoch
+        while len(self.epoch_losses) <= epoch:
+            self.epoch_losses.append([])
+        self.epoch_losses[epoch].append(float(loss.detach()))
+        return out
+
+
+def build_model(model, setting: str):
+    layers = LAYERS[setting]
+    if setting == "c":
+        layers = layers + layers  # untied: one intervention per (layer, prefix|suffix)
+    reps = [
+        {
+            "layer": layer,
+            "component": "block_output",
+            "low_rank_dimension": RANK,
+            "intervention": pyreft.LoreftIntervention(
+                embed_dim=model.config.hidden_size, low_rank_dimension=RANK, dtype=torch.float32
+            ),
+        }
+        for layer in layers
+    ]
+    config = pyreft.ReftConfig(representations=reps if len(reps) > 1 else reps[0])
+    reft_model = pyreft.get_reft_model(model, config)
+    return reft_model, len(layers)
+
+
+def data_module(tokenizer, model, setting, prompts, responses, n_interventions):
+    if setting == "a":
+        return pyreft.make_last_position_supervised_data_module(
+            tokenizer, model, prompts, responses, num_interventions=n_interventions
+        )
+    return pyreft.make_multiple_position_supervised_data_module(
+        tokenizer,
+        model,
+        prompts,
+        responses,
+        positions=POSITIONS[setting],
+        num_interventions=n_interventions,
+        share_weights=setting == "b",
+    )
+
+
+def unit_locations(setting, attention_mask, n_interventions):
+    """[intervention][batch][positions] for a left-padded batch, in pyreft's training convention."""
+    pads = (attention_mask == 0).sum(dim=1).tolist()
+    lengths = attention_mask.sum(dim=1).tolist()
+    per_example = []
+    for pad, n in zip(pads, lengths):
+        if setting == "a":
+            locs = [[n - 1]] * n_interventions
+        else:
+            first_n, last_n = pyreft.parse_positions(POSITIONS[setting])
+            locs = pyreft.get_intervention_locations(
+                last_position=n,
+                first_n=first_n,
+                last_n=last_n,
+                pad_mode="last",
+                num_interventions=n_interventions,
+                share_weights=setting == "b",
+            )
+        per_example.append([[p + pad for p in row] for row in locs])
+    return [[ex[i] for ex in per_example] for i in range(n_interventions)]
+
+
+def generate(reft_model, tokenizer, setting, n_interventions, texts, max_new_tokens, bare=False, force=False):
+    """Greedy generation for a batch of rendered prompts; returns (new token ids, seconds)."""
+    enc = tokenizer(texts, return_tensors="pt", padding=True)
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    kw["eos_token_id"] = tokenizer.eos_token_id
+    if force:
+        kw["min_new_tokens"] = max_new_tokens
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        if bare:
+            out = reft_model.model.generate(**enc, **kw)
+        else:
+            locs = unit_locations(setting, enc["attention_mask"], n_interventions)
+            _, out = reft_model.generate(
+                dict(enc), unit_locations={"sources->base": (None, locs)}, intervene_on_prompt=True, **kw
+            )
+    return out[:, enc["input_ids"].shape[1] :], time.perf_counter() - t0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--setting", choices="abc", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=4e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--limit-train", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--gen-batch", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    transformers.set_seed(args.seed)
+    t_start = time.perf_counter()
+
+    model, tokenizer = model_cache.load()
+    train, heldout = task.make_task()
+    if args.limit_train:
+        train = train[: args.limit_train]
+    prompts = [task.render(tokenizer, ex["prompt"]) for ex in train]
+    responses = [ex["response"] for ex in train]
+
+    reft_model, n_int = build_model(model, args.setting)
+    trainable = sum(p.numel() for p in reft_model.parameters() if p.requires_grad)
+    tokenizer.padding_side = "right"
+    tokenizer.model_max_length = 2048  # as the README loads it; pyreft truncates to model_max_length (1e30 overflows)
+    dm = data_module(tokenizer, model, args.setting, prompts, responses, n_int)
+    n_tokens = sum(len(ids) for ids in dm["train_dataset"]["input_ids"])
+
+    targs = transformers.TrainingArguments(
+        output_dir="/tmp/peer_pyreft_out",
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        logging_steps=10**9,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=args.seed,
+        disable_tqdm=True,
+    )
+    timer = Timer()
+    trainer = Trainer(model=reft_model, processing_class=tokenizer, args=targs, callbacks=[timer], **dm)
+    trainer.epoch_losses = []
+    trainer.train()
+    rss_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    # held-out exact match (left padding, greedy, stop at eos)
+    reft_model.model.eval()
+    for iv in reft_model.interventions.values():
+        (iv[0] if isinstance(iv, (list, tuple)) else iv).eval()
+    tokenizer.padding_side = "left"
+    texts = [task.render(tokenizer, ex["prompt"]) for ex in heldout]
+    n_ok, samples = 0, []
+    for i in range(0, len(texts), args.gen_batch):
+        ids, _ = generate(reft_model, tokenizer, args.setting, n_int, texts[i : i + args.gen_batch], 32)
+        for j, row in enumerate(ids):
+            text = tokenizer.decode(row, skip_special_tokens=False)
+            n_ok += task.exact_match(text, heldout[i + j]["response"])
+            if len(samples) < 3:
+                samples.append(text.split(task.EOS)[0])
+
+    # generation speed: 16 prompts x max_new_tokens forced, batched and one at a time, ReFT vs bare
+    gen_texts = texts[: args.gen_batch]
+    generate(reft_model, tokenizer, args.setting, n_int, gen_texts[:2], 4)  # warm-up
+    gen = {}
+    for bare in (False, True):
+        name = "bare" if bare else "reft"
+        _, gen[f"batch{args.gen_batch}_{name}_s"] = generate(
+            reft_model, tokenizer, args.setting, n_int, gen_texts, args.max_new_tokens, bare=bare, force=True
+        )
+        gen[f"batch1_{name}_s"] = sum(
+            generate(reft_model, tokenizer, args.setting, n_int, [t], args.max_new_tokens, bare=bare, force=True)[1]
+            for t in gen_texts
+        )
+    gen[f"batch{args.gen_batch}_ratio"] = gen[f"batch{args.gen_batch}_reft_s"] / gen[f"batch{args.gen_batch}_bare_s"]
+    gen["batch1_ratio"] = gen["batch1_reft_s"] / gen["batch1_bare_s"]
+
+    n = len(train)
+    result = {
+        "peer": "pyreft",
+        "setting": args.setting,
+        "layers": LAYERS[args.setting],
+        "positions": POSITIONS[args.setting],
+        "tied": args.setting != "c",
+        "num_interventions": n_int,
+        "rank": RANK,
+        "trainable_params": trainable,
+        "n_train": n,
+        "n_heldout": len(heldout),
+        "train_tokens_per_epoch": n_tokens,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "threads": args.threads,
+        "seed": args.seed,
+        "epoch_s": timer.epoch_s,
+        "examples_per_s": statistics.median(n / s for s in timer.epoch_s),
+        "tokens_per_s": statistics.median(n_tokens / s for s in timer.epoch_s),
+        "epoch_mean_loss": [statistics.fmean(v) for v in trainer.epoch_losses],
+        "final_epoch_loss": statistics.fmean(trainer.epoch_losses[-1]),
+        "exact_match": n_ok / len(heldout),
+        "heldout_samples": samples,
+        "generation": {"max_new_tokens": args.max_new_tokens, "prompts": len(gen_texts), **gen},
+        "peak_rss_mib_after_train": rss_train,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "total_s": time.perf_counter() - t_start,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "pyreft": version("pyreft"),
+            "pyvene": version("pyvene"),
+        },
+        "notes": NOTES,
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    Path(args.out).write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

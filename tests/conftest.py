@@ -1,0 +1,84 @@
+"""Tiny random models built from configs in code (no downloads), shared by the tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    RobertaConfig,
+    RobertaModel,
+)
+
+VOCAB = 64
+
+
+def tiny_llama(layers: int = 4, hidden: int = 32, init: float = 0.02) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+                      initializer_range=init, max_position_embeddings=128)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_qwen2(layers: int = 3) -> Qwen2ForCausalLM:
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=1,
+                      max_position_embeddings=128)
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+def tiny_gpt2(layers: int = 3) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=4, n_positions=128, pad_token_id=0,
+                     eos_token_id=1, bos_token_id=2)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def tiny_bert(layers: int = 2) -> BertModel:
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                     num_attention_heads=4, max_position_embeddings=128, pad_token_id=0)
+    return BertModel(cfg, add_pooling_layer=False).eval()
+
+
+def tiny_roberta(layers: int = 2) -> RobertaModel:
+    torch.manual_seed(0)
+    cfg = RobertaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                        num_attention_heads=4, max_position_embeddings=130, pad_token_id=1)
+    return RobertaModel(cfg, add_pooling_layer=False).eval()
+
+
+DECODERS = {"llama": tiny_llama, "qwen2": tiny_qwen2, "gpt2": tiny_gpt2}
+ENCODERS = {"bert": tiny_bert, "roberta": tiny_roberta}
+
+
+@pytest.fixture(params=sorted(DECODERS))
+def decoder(request):
+    return DECODERS[request.param]()
+
+
+@pytest.fixture(params=sorted(ENCODERS))
+def encoder(request):
+    return ENCODERS[request.param]()
+
+
+def random_batch(lengths: list[int], padding_side: str = "right", seed: int = 0, pad: int = 0):
+    """Token ids ≥ 3 with the given lengths, padded; returns (input_ids, attention_mask)."""
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        row = torch.randint(3, VOCAB, (n,), generator=g)
+        sl = slice(width - n, width) if padding_side == "left" else slice(0, n)
+        ids[i, sl], mask[i, sl] = row, 1
+    return ids, mask

@@ -1,0 +1,157 @@
+"""Each intervention equals its formula; R stays orthonormal; parameter counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reft import INTERVENTIONS, Intervention, LoReFT, ReftConfig, get_reft_model, register_intervention
+from reft.interventions import orthonormalize
+
+D, R = 16, 4
+
+
+def _formula(kind: str, m: Intervention, h: torch.Tensor) -> torch.Tensor:
+    """Φ(h) written directly from the paper / pyreft definitions, R as an r×d matrix."""
+    if kind == "noreft":
+        rm = m.proj.weight  # [r, d]
+    elif hasattr(m, "rotate"):
+        rm = m.rotate().T  # [r, d]
+    W, b = (m.source.weight, m.source.bias) if hasattr(m, "source") else (None, None)
+    if kind in ("loreft", "noreft"):
+        return h + (W @ h.T + b[:, None] - rm @ h.T).T @ rm
+    if kind == "consreft":
+        return h + (m.bias[:, None] - rm @ h.T).T @ rm
+    if kind == "lobireft":
+        return h + (rm.T @ m.bias)[None, :]
+    if kind == "direft":
+        return h + (W @ h.T + b[:, None]).T @ m.proj.weight.T
+    if kind == "orthodireft":
+        return h + (W @ h.T + b[:, None]).T @ rm
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", sorted(["loreft", "noreft", "consreft", "lobireft", "direft", "orthodireft"]))
+def test_formula(kind):
+    torch.manual_seed(0)
+    m = INTERVENTIONS[kind](D, R)
+    for p in m.parameters():  # non-trivial values everywhere (biases start at zero)
+        torch.nn.init.normal_(p)
+    h = torch.randn(10, D)
+    torch.testing.assert_close(m(h), _formula(kind, m, h), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(m.delta(h), m(h) - h, atol=1e-6, rtol=1e-5)
+
+
+def test_activation_and_dtype():
+    torch.manual_seed(0)
+    m = LoReFT(D, R, act="relu")
+    h = torch.randn(5, D, dtype=torch.bfloat16)
+    out = m(h)
+    assert out.dtype == torch.bfloat16 and m.rotate.weight.dtype == torch.float32
+    rm = m.rotate().T
+    hf = h.float()
+    expect = hf + (torch.relu(hf @ m.source.weight.T + m.source.bias) - hf @ rm.T) @ rm
+    torch.testing.assert_close(out.float(), expect, atol=3e-2, rtol=3e-2)
+
+
+def test_dropout_acts_on_the_edit_only():
+    torch.manual_seed(0)
+    m = LoReFT(D, R, dropout=0.99).train()
+    h = torch.randn(200, D)
+    out = m(h)
+    kept = out == h
+    assert kept.float().mean() > 0.97  # dropped entries keep h exactly (not rescaled, not zeroed)
+    with torch.no_grad():
+        edit = m.edit(h) / (1 - 0.99)
+    torch.testing.assert_close(out[~kept], (h + edit)[~kept], atol=1e-3, rtol=1e-4)
+    m.eval()
+    torch.testing.assert_close(m(h), _formula("loreft", m, h), atol=1e-6, rtol=1e-6)
+
+
+def _ortho_error(m) -> float:
+    rm = m.rotate().detach()
+    return float((rm.T @ rm - torch.eye(rm.shape[1])).abs().max())
+
+
+def _train(m, steps: int, opt=None):
+    opt = opt or torch.optim.AdamW(m.parameters(), lr=5e-2, weight_decay=0.1)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        h = torch.randn(8, D, generator=g)
+        loss = (m(h) - 3.0).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return opt
+
+
+@pytest.mark.parametrize("kind", ["loreft", "consreft", "lobireft", "orthodireft"])
+def test_r_orthonormal_after_training_and_reload(kind, tmp_path):
+    torch.manual_seed(0)
+    m = INTERVENTIONS[kind](D, R)
+    _train(m, 50)
+    assert _ortho_error(m) <= 1e-5
+    from safetensors.torch import load_file, save_file
+
+    save_file(m.state_dict(), tmp_path / "w.safetensors")
+    m2 = INTERVENTIONS[kind](D, R)
+    m2.load_state_dict(load_file(tmp_path / "w.safetensors"))
+    torch.testing.assert_close(m2.rotate(), m.rotate())
+    _train(m2, 50)
+    assert _ortho_error(m2) <= 1e-5
+
+
+def test_orthonormalize_is_identity_on_orthonormal_input():
+    q = orthonormalize(torch.randn(32, 5))
+    torch.testing.assert_close(orthonormalize(q), q, atol=1e-6, rtol=0)
+    assert float((q.T @ q - torch.eye(5)).abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("kind,per", [("loreft", 2 * D * R + R), ("noreft", 2 * D * R + R), ("direft", 2 * D * R + R),
+                                       ("orthodireft", 2 * D * R + R), ("consreft", D * R + R),
+                                       ("lobireft", D * R + R)])
+def test_parameter_count(kind, per):
+    assert sum(p.numel() for p in INTERVENTIONS[kind](D, R).parameters()) == per
+
+
+def test_no_dxd_buffer():
+    m = LoReFT(512, 4)
+    assert not list(m.buffers())
+    assert max(p.numel() for p in m.parameters()) == 512 * 4
+
+
+def test_llama2_7b_count_on_meta():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      vocab_size=32000)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    reft_model = get_reft_model(model, ReftConfig(layers="all", positions="f7+l7", tied=True, rank=8))
+    trainable = sum(p.numel() for p in reft_model.parameters() if p.requires_grad)
+    assert trainable == 2_097_408 == 32 * (2 * 4096 * 8 + 8)
+    untied = get_reft_model(model, ReftConfig(layers="all", positions="f7+l7", tied=False, rank=8))
+    assert sum(p.numel() for p in untied.parameters() if p.requires_grad) == 2 * 2_097_408
+
+
+def test_registry_rules():
+    class Scale(Intervention):
+        def __init__(self, embed_dim, rank, **kw):
+            super().__init__(embed_dim, rank, **kw)
+            self.s = torch.nn.Parameter(torch.zeros(1))
+
+        def edit(self, h):
+            return self.s * h
+
+    register_intervention("scale_test", Scale)
+    assert INTERVENTIONS["scale_test"] is Scale
+    with pytest.raises(ValueError, match="already registered"):
+        register_intervention("scale_test", LoReFT)
+    with pytest.raises(ValueError, match="lower case"):
+        register_intervention("Bad.Name", Scale)
+    with pytest.raises(ValueError, match="not a subclass"):
+        register_intervention("plain", torch.nn.Linear)
+    with pytest.raises(ValueError, match="unknown intervention type 'os.system'"):
+        ReftConfig(intervention="os.system")
+    with pytest.raises(ValueError, match="rank"):
+        LoReFT(8, 9)

@@ -1,0 +1,192 @@
+"""The wrapper: where edits land, which hooks exist, losses, training, gradient checkpointing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DECODERS, ENCODERS, random_batch, tiny_bert, tiny_llama
+from torch import nn
+
+from reft import ReftConfig, get_reft_model
+from reft.data import ReftDataCollator
+from reft.model.layers import find_layers
+
+
+def _nonzero_init(reft_model):
+    torch.manual_seed(1)
+    for p in reft_model.intervention_parameters():
+        if p.dim() == 1:
+            nn.init.normal_(p)
+
+
+def _hidden(model, ids, mask):
+    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    return out.hidden_states
+
+
+@pytest.mark.parametrize("arch", sorted(DECODERS) + sorted(ENCODERS))
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_only_chosen_positions_and_layers_change(arch, side, tied):
+    model = {**DECODERS, **ENCODERS}[arch]()
+    base_model = model
+    layer = 1
+    reft_model = get_reft_model(model, ReftConfig(layers=[layer], positions="f1+l2", tied=tied, rank=4))
+    _nonzero_init(reft_model)
+    pad = model.config.pad_token_id
+    ids, mask = random_batch([7, 3, 1], side, pad=pad)
+    with reft_model.disable_interventions():
+        base = _hidden(base_model, ids, mask)
+    positions = reft_model.set_positions(mask)
+    edited = _hidden(reft_model.model, ids, mask)  # hooks read the positions just set
+    # layers below the intervened one are untouched everywhere
+    for i in range(layer + 1):
+        torch.testing.assert_close(edited[i], base[i], rtol=0, atol=0)
+    # the intervened layer's output changes exactly at the chosen positions
+    changed = (edited[layer + 1] - base[layer + 1]).abs().amax(-1) > 0
+    expect = torch.zeros_like(changed)
+    for row, pos in enumerate(positions.tolist()):
+        for p in pos:
+            if p >= 0:
+                expect[row, p] = True
+    assert torch.equal(changed, expect), (changed, positions)
+    # a causal model's positions before the first edit are identical in every later layer too
+    if arch in DECODERS:
+        first = torch.where(positions >= 0, positions, 10**6).amin(1)
+        for h_e, h_b in zip(edited[layer + 2: -1], base[layer + 2: -1]):
+            for row in range(ids.shape[0]):
+                torch.testing.assert_close(h_e[row, : first[row]], h_b[row, : first[row]], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("component", ["block_input", "attention_output", "mlp_output"])
+@pytest.mark.parametrize("arch", sorted(DECODERS))
+def test_components(arch, component):
+    model = DECODERS[arch]()
+    reft_model = get_reft_model(model, ReftConfig(layers=[1], component=component, positions="l1", rank=2))
+    _nonzero_init(reft_model)
+    ids, mask = random_batch([5, 5])
+    with reft_model.disable_interventions():
+        base = reft_model(ids, attention_mask=mask).logits
+    out = reft_model(ids, attention_mask=mask).logits
+    assert torch.equal(out[:, :4], base[:, :4]) and not torch.equal(out[:, 4], base[:, 4])
+
+
+def test_encoder_without_mlp_module_is_a_clear_error():
+    with pytest.raises(ValueError, match="no mlp sub-module"):
+        get_reft_model(tiny_bert(), ReftConfig(layers=[0], component="mlp_output"))
+
+
+def test_unknown_architecture_and_layers_path():
+    class Blocks(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("C", (), {"hidden_size": 8, "num_hidden_layers": 2})()
+            self.stack_a = nn.ModuleList([nn.Linear(8, 8) for _ in range(2)])
+            self.stack_b = nn.ModuleList([nn.Linear(8, 8) for _ in range(2)])
+
+        def forward(self, x):
+            for m in self.stack_a:
+                x = m(x)
+            return x
+
+    model = Blocks()
+    with pytest.raises(ValueError, match="cannot find the 2 transformer blocks of Blocks.*layers_path"):
+        get_reft_model(model, ReftConfig(layers=[0]))
+    reft_model = get_reft_model(model, ReftConfig(layers=[0], layers_path="stack_a"))
+    assert find_layers(model, "stack_a") is model.stack_a and len(reft_model.interventions) == 1
+
+
+def test_layer_out_of_range():
+    with pytest.raises(ValueError, match="layer index 9 is out of range: the model has 4 layers"):
+        get_reft_model(tiny_llama(), ReftConfig(layers="1;9"))
+    assert get_reft_model(tiny_llama(), ReftConfig(layers="all")).reft_config.layers == [0, 1, 2, 3]
+    assert get_reft_model(tiny_llama(), ReftConfig(layers=[-1])).reft_config.layers == [3]
+
+
+def test_rank_above_hidden_size():
+    with pytest.raises(ValueError, match="rank 33 > hidden size 32"):
+        get_reft_model(tiny_llama(), ReftConfig(layers=[0], rank=33))
+
+
+def test_base_frozen_hooks_owned_and_unload():
+    model = tiny_llama()
+    calls = []
+    other = model.model.layers[1].register_forward_hook(lambda *a: calls.append(1))
+    reft_model = get_reft_model(model, ReftConfig(layers=[1, 2], positions="f1+l1", rank=2))
+    assert all(not p.requires_grad for p in model.parameters())
+    assert all(p.requires_grad for p in reft_model.intervention_parameters())
+    ids, mask = random_batch([4])
+    reft_model(ids, attention_mask=mask)
+    reft_model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
+    assert calls  # someone else's hook survives our forward and generate
+    base = reft_model.unload()
+    assert base is model and not model.model.layers[2]._forward_hooks
+    assert len(model.model.layers[1]._forward_hooks) == 1
+    other.remove()
+
+
+def test_train_eval_reach_interventions():
+    reft_model = get_reft_model(tiny_llama(), ReftConfig(layers=[1], rank=2, dropout=0.5))
+    reft_model.eval()
+    assert not any(m.training for m in reft_model.interventions.modules())
+    reft_model.train()
+    assert all(m.training for m in reft_model.interventions.modules())
+
+
+def _lm_batch(n_examples=4, prompt=6, response=4, seed=1, vocab=64):
+    g = torch.Generator().manual_seed(seed)
+    data = []
+    for i in range(n_examples):
+        p = torch.randint(3, vocab, (prompt + i % 2,), generator=g).tolist()
+        r = torch.randint(3, vocab, (response,), generator=g).tolist()
+        data.append({"input_ids": p + r, "labels": [-100] * len(p) + r, "prompt_lengths": len(p)})
+    return ReftDataCollator(pad_token_id=0)(data)
+
+
+@pytest.mark.parametrize("arch", sorted(DECODERS))
+def test_sparse_loss_equals_full_logits_loss(arch):
+    reft_model = get_reft_model(DECODERS[arch](), ReftConfig(layers=[1], positions="f1+l1", rank=2))
+    _nonzero_init(reft_model)
+    batch = _lm_batch()
+    fast = reft_model(**batch)
+    assert fast.logits is None  # vocabulary logits only at label positions
+    reft_model.set_positions(batch["attention_mask"], batch["prompt_lengths"])
+    full = reft_model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            labels=batch["labels"])
+    torch.testing.assert_close(fast.loss, full.loss, rtol=1e-5, atol=1e-6)
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    half = reft_model(**batch, num_items_in_batch=2 * n)
+    torch.testing.assert_close(half.loss, fast.loss / 2)
+
+
+def test_memorisation_drives_loss_near_zero():
+    model = tiny_llama(layers=4, hidden=64, init=0.2)
+    reft_model = get_reft_model(model, ReftConfig(layers="all", positions="f3+l3", tied=False, rank=16))
+    batch = _lm_batch()
+    opt = torch.optim.AdamW(reft_model.intervention_parameters(), lr=2e-2)
+    first = None
+    for _ in range(120):
+        loss = reft_model(**batch).loss
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 3.0 and loss.item() < 0.05
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_gradient_checkpointing_same_gradients(arch):
+    grads = []
+    for checkpointing in (False, True):
+        model = DECODERS[arch]()
+        reft_model = get_reft_model(model, ReftConfig(layers=[0, 2], positions="f2+l2", tied=False, rank=2))
+        _nonzero_init(reft_model)
+        if checkpointing:
+            reft_model.gradient_checkpointing_enable()
+            assert reft_model.model.is_gradient_checkpointing
+        reft_model.train()
+        reft_model(**_lm_batch()).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in reft_model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7)
