@@ -19,6 +19,26 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def tokenize_prompt(tokenizer, prompt: str, *, add_bos: bool | None = None) -> list[int]:
+    """Prompt token ids, the same for training and generation.
+
+    Args:
+        add_bos: prepend the BOS token; default: when the tokenizer adds one by itself.
+
+    Raises:
+        ValueError: the prompt has no tokens.
+    """
+    prompt_ids = _ids(tokenizer, prompt)
+    if add_bos is None:
+        probe = tokenizer("a")["input_ids"]
+        add_bos = tokenizer.bos_token_id is not None and bool(probe) and probe[0] == tokenizer.bos_token_id
+    if add_bos:
+        prompt_ids = [tokenizer.bos_token_id] + prompt_ids
+    if not prompt_ids:
+        raise ValueError("empty prompt: every example needs at least one prompt token to intervene on")
+    return prompt_ids
+
+
 def tokenize_example(
     tokenizer, prompt: str, response: str, *, max_length: int | None = None, add_eos: bool = True,
     add_bos: bool | None = None,
@@ -31,19 +51,12 @@ def tokenize_example(
         response: the target text.
         max_length: cut the response (never the prompt) so the example fits. Default: no limit.
         add_eos: end the response with ``tokenizer.eos_token_id``. Default: True
-        add_bos: prepend the BOS token; default: when the tokenizer adds one by itself.
+        add_bos: see :func:`tokenize_prompt`.
 
     Raises:
-        ValueError: an empty prompt, or a prompt that alone exceeds ``max_length``.
+        ValueError: an empty prompt or response, or a prompt that alone exceeds ``max_length``.
     """
-    prompt_ids = _ids(tokenizer, prompt)
-    if add_bos is None:
-        probe = tokenizer("a")["input_ids"]
-        add_bos = tokenizer.bos_token_id is not None and bool(probe) and probe[0] == tokenizer.bos_token_id
-    if add_bos:
-        prompt_ids = [tokenizer.bos_token_id] + prompt_ids
-    if not prompt_ids:
-        raise ValueError("empty prompt: every example needs at least one prompt token to intervene on")
+    prompt_ids = tokenize_prompt(tokenizer, prompt, add_bos=add_bos)
     response_ids = _ids(tokenizer, response) + ([tokenizer.eos_token_id] if add_eos else [])
     if max_length is not None:
         if len(prompt_ids) >= max_length:

@@ -81,6 +81,22 @@ def atomic_directory(directory: str | os.PathLike, write: Callable[[str], None])
         raise
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file through a temp file in the same folder + ``os.replace`` (never half-written)."""
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def save_adapter(reft_model: nn.Module, directory: str | os.PathLike) -> None:
     """Write the adapter of ``reft_model`` to ``directory`` (replacing it atomically if it exists)."""
     config: ReftConfig = reft_model.reft_config
