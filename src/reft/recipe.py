@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 
 from .config import ReftConfig
 from .data import ReftDataCollator, make_supervised_dataset
@@ -29,7 +29,7 @@ class TrainSettings:
     batch_size: int = 8
     grad_accum: int = 1
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
+    warmup: float = 0.0  # steps, or a fraction of all steps when < 1
     scheduler: str = "linear"
     max_length: int | None = 512
     seed: int = 42
@@ -37,6 +37,7 @@ class TrainSettings:
     save_steps: int | None = None
     gradient_checkpointing: bool = False
     shuffle: bool = True
+    group_by_length: bool = False  # batches of similar length (less padding); still shuffled between groups
 
 
 class _LossLog(TrainerCallback):
@@ -46,6 +47,34 @@ class _LossLog(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.points.append((state.global_step, float(logs["loss"])))
+
+
+def training_arguments(settings: TrainSettings, output_dir: str | os.PathLike, *, progress: bool = True,
+                       **overrides) -> TrainingArguments:
+    """`TrainingArguments` for ``settings`` (CPU when no GPU, no reporting integrations); ``overrides`` win."""
+    sampling = "group_by_length" if settings.group_by_length else ("random" if settings.shuffle else "sequential")
+    kwargs = dict(
+        output_dir=os.fspath(output_dir),
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.lr,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup,
+        lr_scheduler_type=settings.scheduler,
+        logging_steps=settings.logging_steps,
+        save_strategy="steps" if settings.save_steps else "no",
+        save_steps=settings.save_steps or 500,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        report_to=[],
+        disable_tqdm=not progress,
+        use_cpu=not torch.cuda.is_available(),
+        remove_unused_columns=False,
+        dataloader_drop_last=False,
+        train_sampling_strategy=sampling,
+    )
+    return TrainingArguments(**(kwargs | overrides))
 
 
 def plot_loss_curve(points: Sequence[tuple[int, float]], path: str | os.PathLike, title: str = "ReFT training"):
@@ -92,30 +121,12 @@ def train_reft(
     if settings.gradient_checkpointing:
         reft_model.gradient_checkpointing_enable()
     dataset = make_supervised_dataset(tokenizer, prompts, responses, max_length=settings.max_length)
-    args = TrainingArguments(
-        output_dir=os.path.join(out_dir, "checkpoints"),
-        num_train_epochs=settings.epochs,
-        learning_rate=settings.lr,
-        per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum,
-        weight_decay=settings.weight_decay,
-        warmup_ratio=settings.warmup_ratio,
-        lr_scheduler_type=settings.scheduler,
-        logging_steps=settings.logging_steps,
-        save_strategy="steps" if settings.save_steps else "no",
-        save_steps=settings.save_steps or 500,
-        save_safetensors=True,
-        seed=settings.seed,
-        data_seed=settings.seed,
-        report_to=[],
-        disable_tqdm=not progress,
-        use_cpu=not torch.cuda.is_available(),
-        remove_unused_columns=False,
-        dataloader_drop_last=False,
-    )
+    args = training_arguments(settings, os.path.join(out_dir, "checkpoints"), progress=progress)
     log = _LossLog()
     trainer = ReftTrainer(model=reft_model, args=args, train_dataset=dataset, callbacks=[log],
                           data_collator=ReftDataCollator(tokenizer.pad_token_id))
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # logs go to the loss curve and metrics file instead
     if not settings.shuffle:
         trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(dataset)
     last = _last_checkpoint(args.output_dir) if resume else None

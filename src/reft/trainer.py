@@ -6,15 +6,29 @@ Evaluation, schedules, gradient accumulation, mixed precision and DDP come from 
 from __future__ import annotations
 
 import os
+import shutil
+import warnings
 
 import torch
+from safetensors.torch import load_file
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
-from .io import WEIGHTS_NAME, load_reft_state_dict, read_adapter
+from .data import IGNORE_INDEX
+from .io import WEIGHTS_NAME, load_reft_state_dict, read_adapter, write_adapter_files
+from .positions import parse_positions
+
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss."""
+
+
+def _peft_model(model):
+    """The peft model under a ReftModel, or None (detected by attributes: peft is never imported here)."""
+    base = getattr(model, "model", None)
+    return base if hasattr(base, "peft_config") and hasattr(base, "get_base_model") else None
 
 
 class ReftTrainer(Trainer):
@@ -22,25 +36,73 @@ class ReftTrainer(Trainer):
 
     * ``compute_loss`` passes ``num_items_in_batch`` to the model, so gradient accumulation averages over the
       label tokens of all micro-batches like the plain `Trainer`;
-    * checkpoints hold the adapter only (``reft_config.json`` + ``reft_model.safetensors``), written atomically,
-      plus `Trainer`'s own optimizer / scheduler / RNG state, so ``train(resume_from_checkpoint=…)`` resumes exactly;
+    * checkpoints hold the adapter only (``reft_config.json`` + ``reft_model.safetensors``; plus peft's
+      ``adapter_model.safetensors`` + ``adapter_config.json`` when the base is a peft model, e.g. LoReFT + LoRA)
+      and `Trainer`'s own optimizer / scheduler / RNG state, so ``train(resume_from_checkpoint=…)`` resumes
+      exactly. transformers (≥ 4.57) reads that state back with ``torch.load(weights_only=True)``;
+    * each ``checkpoint-N`` folder appears atomically: it is written as ``.staging-checkpoint-N/checkpoint-N`` and
+      renamed into place once complete, so a crash mid-save leaves the previous checkpoint as the newest one;
+    * the training data is checked before the first step: examples whose labels are all masked are refused,
+      and positions that no training prompt is long enough to hold raise a warning (see docs/reliability.md);
     * a NaN/inf loss stops training with the step named; the last saved checkpoint stays intact.
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.train_dataset is not None:
+            self._check_train_data(self.train_dataset)
+
+    # ---- checks ----------------------------------------------------------------------------------------------
+    def _check_train_data(self, dataset) -> None:
+        """Refuse examples with no label token; warn when no prompt can hold all requested positions."""
+        if not isinstance(dataset, (list, tuple)) or not dataset or not isinstance(dataset[0], dict):
+            return  # streaming / custom datasets are checked per batch (collator, compute_loss)
+        for i, example in enumerate(dataset):
+            labels = example.get("labels")
+            if isinstance(labels, (list, tuple)) and all(t == IGNORE_INDEX for t in labels):
+                raise ValueError(
+                    f"training example {i} has every label masked ({IGNORE_INDEX}): it teaches nothing; drop it or "
+                    "give it a non-empty response (check that max_length does not cut the response away)"
+                )
+        config = getattr(self._unwrapped(), "reft_config", None)
+        lengths = [e["prompt_lengths"] for e in dataset if isinstance(e.get("prompt_lengths"), int)]
+        if config is None or not lengths:
+            return
+        spec = parse_positions(config.positions)
+        if max(lengths) < spec.width:
+            warnings.warn(
+                f"positions {config.positions!r} ask for {spec.width} prompt tokens but the longest training prompt "
+                f"has {max(lengths)}: every example is shortened by the ⌊n/2⌋ rule. Choose fewer positions "
+                f"(at most f{max(lengths) // 2}+l{(max(lengths) + 1) // 2}) or longer prompts",
+                stacklevel=3,
+            )
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if num_items_in_batch is not None and "labels" in inputs and inputs["labels"].dim() == 2:
-            inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
+        labels = inputs.get("labels")
+        if isinstance(labels, torch.Tensor) and labels.dim() == 2:
+            if not bool((labels != IGNORE_INDEX).any()) and not num_items_in_batch:
+                raise ValueError(
+                    f"every label in this batch is masked ({IGNORE_INDEX}): the loss is undefined; check that the "
+                    "responses are not empty and max_length does not cut them away"
+                )
+            if num_items_in_batch is not None:
+                inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
         outputs = model(**inputs)
         loss = outputs.loss
         if loss is None:
             raise ValueError("the model returned no loss: the batch needs 'labels'")
         if not torch.isfinite(loss.detach()).all():
+            last = None
+            if os.path.isdir(self.args.output_dir):
+                last = get_last_checkpoint(self.args.output_dir)
             raise NonFiniteLossError(
                 f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1}: lower the learning rate or "
-                f"check the data; the last good checkpoint is in {self.args.output_dir}"
+                "check the data; "
+                + (f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it")
             )
         return (loss, outputs) if return_outputs else loss
 
+    # ---- saving ----------------------------------------------------------------------------------------------
     def _unwrapped(self):
         model = self.model
         while hasattr(model, "module") and not hasattr(model, "reft_config"):
@@ -48,14 +110,85 @@ class ReftTrainer(Trainer):
         return model
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        if not self.args.should_save:
+            return
         output_dir = output_dir or self.args.output_dir
-        self._unwrapped().save_pretrained(output_dir)
+        reft_model = self._unwrapped()
+        write_adapter_files(reft_model, output_dir)
+        peft_model = _peft_model(reft_model)
+        if peft_model is not None:
+            peft_model.save_pretrained(output_dir, safe_serialization=True)
 
+    def _save_checkpoint(self, model, trial) -> None:
+        """`Trainer._save_checkpoint` into a staging folder, then one rename makes ``checkpoint-N`` appear."""
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        final = os.path.join(run_dir, name)
+        staging = os.path.join(run_dir, f".staging-{name}")
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # left over by a crash
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        except BaseException:
+            if self.args.should_save:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()  # every rank has written its files (rng_state_<rank>.pth)
+        if self.args.should_save:
+            # Trainer resolved the best checkpoint against the staging folder: resolve it against run_dir
+            best = self.state.best_global_step
+            if best:
+                best_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{best}")
+                if best == self.state.global_step or os.path.isdir(best_dir):
+                    self.state.best_model_checkpoint = best_dir
+                self.state.save_to_json(os.path.join(staging, name, "trainer_state.json"))
+            _fsync_tree(os.path.join(staging, name))
+            if os.path.exists(final):  # saving the same step again: swap
+                old = os.path.join(run_dir, f".old-{name}")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+                os.replace(os.path.join(staging, name), final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def _get_output_dir(self, trial) -> str:
+        staging = getattr(self, "_staging_dir", None)
+        return staging if staging is not None else super()._get_output_dir(trial)
+
+    # ---- loading ---------------------------------------------------------------------------------------------
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         if not os.path.isfile(os.path.join(resume_from_checkpoint, WEIGHTS_NAME)):
             raise FileNotFoundError(f"{resume_from_checkpoint} holds no {WEIGHTS_NAME}: not a reft checkpoint")
         _, state, _ = read_adapter(resume_from_checkpoint)
-        load_reft_state_dict(self._unwrapped(), state)
+        reft_model = self._unwrapped()
+        load_reft_state_dict(reft_model, state)
+        peft_model = _peft_model(reft_model)
+        if peft_model is not None:
+            path = os.path.join(resume_from_checkpoint, PEFT_WEIGHTS_NAME)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{resume_from_checkpoint} holds no {PEFT_WEIGHTS_NAME}: the base is a peft "
+                                        "model but the checkpoint has no peft adapter")
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(peft_model, load_file(path))
+            if getattr(result, "unexpected_keys", None):
+                raise ValueError(f"peft adapter in {resume_from_checkpoint} does not fit the model: unexpected "
+                                 f"{result.unexpected_keys[:5]}")
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+def _fsync_tree(directory: str) -> None:
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())

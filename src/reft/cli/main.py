@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import eval as eval_cmd
 from . import generate, train
 
-COMMANDS = {"train": train, "generate": generate}
+COMMANDS = {"train": train, "generate": generate, "eval": eval_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""``reft train``: fit interventions on a JSONL of prompt/response pairs."""
+"""``reft train``: fit interventions (or the LoRA baseline) on a JSONL of prompt/response pairs or a suite task."""
 
 from __future__ import annotations
 
@@ -11,10 +11,18 @@ EPILOG = """examples:
   reft train --data train.jsonl --out runs/demo
   reft train --data train.jsonl --out runs/paper --layers "3;9;18;24" --positions f7+l7 --untied --rank 4
   reft train --data train.jsonl --out runs/d --intervention direft --epochs 5 --lr 1e-3 --save-steps 50 --resume
+  reft train --task boolq --limit 500 --eval-limit 200 --out runs/boolq --no-chat-template
+  reft train --task svamp --train-task math_data_3k --limit 300 --eval-limit 200 --out runs/svamp --method lora
+  reft train --task sst2 --model minilm --limit 2000 --positions f1 --rank 1 --lr 2e-3 --out runs/sst2 --seed 1
 
 The data file has one JSON object per line: {"prompt": "...", "response": "..."}. Prompts are wrapped in the
 model's chat template unless --no-chat-template. The run folder gets adapter/, loss_curve.png and
 train_metrics.json; use the adapter with 'reft generate --adapter runs/demo/adapter'.
+
+With --task (see reft.tasks: boolq, arc_e, math_data_3k, sst2, rte, ...) the run trains on a seeded random subset
+of --limit training examples, evaluates on --eval-split (first --eval-limit examples) and writes results.json.
+GLUE tasks (--model minilm) train a classification head with the interventions, pick the epoch on the seeded dev
+half and report on the held-out test half. --method lora trains the LoRA baseline (peft) on the same data.
 """
 
 
@@ -22,22 +30,27 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train interventions on prompt/response pairs", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
-    p.add_argument("--data", required=True, help="JSONL file with 'prompt' and 'response' fields")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="JSONL file with 'prompt' and 'response' fields")
+    src.add_argument("--task", help="a task of the suite (reft.tasks), e.g. boolq, arc_e, sst2")
+    p.add_argument("--method", default=None, choices=["loreft", "direft", "lora"],
+                   help="loreft/direft (= --intervention) or the LoRA baseline (default: --intervention)")
     p.add_argument("--out", required=True, help="run folder (created; an existing adapter is replaced atomically)")
     g = p.add_argument_group("interventions")
     g.add_argument("--layers", default="all", help="'all' or indices like '3;9;18' (default: %(default)s)")
-    g.add_argument("--positions", default="f7+l7", help="first/last prompt tokens: f7+l7, l1 (default: %(default)s)")
+    g.add_argument("--positions", default=None,
+                   help="first/last prompt tokens: f7+l7, l1, f1 (= [CLS]) (default: f1 for GLUE tasks, else f7+l7)")
     g.add_argument("--untied", dest="tied", action="store_false", help="separate interventions for prefix and suffix")
     g.add_argument("--rank", type=int, default=4, help="low rank r (default: %(default)s)")
-    g.add_argument("--intervention", default="loreft",
-                   help="loreft, noreft, consreft, lobireft, direft, orthodireft (default: %(default)s)")
+    g.add_argument("--intervention", default=None,
+                   help="loreft, noreft, consreft, lobireft, direft, orthodireft (default: loreft)")
     g.add_argument("--component", default="block_output",
                    help="block_output, block_input, attention_output, mlp_output (default: %(default)s)")
     g.add_argument("--act", default=None, help="activation on Wh+b, e.g. relu (default: none)")
     g.add_argument("--dropout", type=float, default=0.0, help="dropout on the edit (default: %(default)s)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=float, default=3.0, help="(default: %(default)s)")
-    o.add_argument("--lr", type=float, default=4e-3, help="(default: %(default)s)")
+    o.add_argument("--lr", type=float, default=None, help="(default: 4e-3 for ReFT, 5e-4 for LoRA)")
     o.add_argument("--batch-size", type=int, default=8, help="(default: %(default)s)")
     o.add_argument("--weight-decay", type=float, default=0.0, help="(default: %(default)s)")
     o.add_argument("--max-length", type=int, default=512, help="tokens per example (default: %(default)s)")
@@ -45,7 +58,33 @@ def add_parser(sub) -> None:
     o.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps (for --resume)")
     o.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     o.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
+    t = p.add_argument_group("tasks (with --task)")
+    t.add_argument("--limit", type=int, default=None, help="train on a seeded random subset of N examples")
+    t.add_argument("--train-task", default=None, help="train on this task's train split instead (e.g. math_data_3k)")
+    t.add_argument("--eval-split", default="test", help="split to report on (default: %(default)s)")
+    t.add_argument("--eval-limit", type=int, default=None, help="evaluate the first N examples (default: all)")
+    t.add_argument("--no-eval", dest="evaluate", action="store_false", help="train only")
+    t.add_argument("--max-new-tokens", type=int, default=None, help="generation length (default: per task family)")
+    t.add_argument("--eval-batch-size", type=int, default=16, help="(default: %(default)s)")
+    lo = p.add_argument_group("LoRA (with --method lora)")
+    lo.add_argument("--lora-rank", type=int, default=8, help="(default: %(default)s)")
+    lo.add_argument("--lora-alpha", type=float, default=16.0, help="(default: %(default)s)")
+    lo.add_argument("--lora-dropout", type=float, default=0.05, help="(default: %(default)s)")
+    lo.add_argument("--lora-targets", default=None,
+                    help="comma-separated module names (default: q_proj,v_proj for Llama, query,value for BERT)")
     p.set_defaults(run=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.method and args.intervention and args.method != args.intervention:
+        raise ValueError(f"--method {args.method} contradicts --intervention {args.intervention}: give one of them")
+    if args.data is not None:
+        extra = [f"--{k.replace('_', '-')}" for k in ("limit", "train_task", "eval_limit", "max_new_tokens")
+                 if getattr(args, k) is not None]
+        if extra:
+            raise ValueError(f"{', '.join(extra)} only apply to --task runs")
+    elif args.resume or args.save_steps:
+        raise ValueError("--resume/--save-steps apply to --data runs only; --task runs are short: rerun them")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,18 +93,65 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_model
     from ..recipe import TrainSettings, train_reft
 
-    rows = read_jsonl(args.data, ("prompt", "response"))
-    config = ReftConfig(layers=args.layers, positions=args.positions, tied=args.tied, rank=args.rank,
-                        intervention=args.intervention, component=args.component, act=args.act, dropout=args.dropout)
-    model, tokenizer = load_model(args.model, dtype=dtype_of(args.dtype))
-    prompts = [render_chat(tokenizer, r["prompt"]) if args.chat_template else r["prompt"] for r in rows]
-    settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+    _check_args(args)
+    method = args.method or args.intervention or "loreft"
+    lr = args.lr if args.lr is not None else (5e-4 if method == "lora" else 4e-3)
+    settings = TrainSettings(epochs=args.epochs, lr=lr, batch_size=args.batch_size,
                              weight_decay=args.weight_decay, max_length=args.max_length, seed=args.seed,
                              save_steps=args.save_steps, gradient_checkpointing=args.gradient_checkpointing)
-    reft_model, metrics = train_reft(model, tokenizer, config, prompts, [r["response"] for r in rows], args.out,
-                                     settings, resume=args.resume)
-    reft_model.print_trainable_parameters()
+    if args.task is not None:
+        return _run_task(args, method, settings)
+    rows = read_jsonl(args.data, ("prompt", "response"))
+    model, tokenizer = load_model(args.model, dtype=dtype_of(args.dtype))
+    prompts = [render_chat(tokenizer, r["prompt"]) if args.chat_template else r["prompt"] for r in rows]
+    responses = [r["response"] for r in rows]
+    if method == "lora":
+        from ..baselines import train_lora_causal
+
+        trained, metrics = train_lora_causal(model, tokenizer, prompts, responses, args.out, settings,
+                                             _lora_settings(args))
+        trained.print_trainable_parameters()
+    else:
+        config = _reft_config(args, method, ReftConfig, glue=False)
+        trained, metrics = train_reft(model, tokenizer, config, prompts, responses, args.out, settings,
+                                      resume=args.resume)
+        trained.print_trainable_parameters()
     curve = metrics["loss_curve"]
     print(json.dumps({"out": args.out, "examples": metrics["examples"], "first_loss": curve[0][1] if curve else None,
                       "final_loss": curve[-1][1] if curve else None, "train_runtime_s": metrics.get("train_runtime")}))
+    return 0
+
+
+def _reft_config(args: argparse.Namespace, method: str, cls, *, glue: bool):
+    positions = args.positions or ("f1" if glue else "f7+l7")
+    return cls(layers=args.layers, positions=positions, tied=args.tied, rank=args.rank, intervention=method,
+               component=args.component, act=args.act, dropout=args.dropout)
+
+
+def _lora_settings(args: argparse.Namespace):
+    from ..baselines import LoraSettings
+
+    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else None
+    return LoraSettings(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=targets)
+
+
+def _run_task(args: argparse.Namespace, method: str, settings) -> int:
+    from ..config import ReftConfig
+    from ..models import load_model
+    from ..suite import headline, run_task
+    from ..tasks import get_task
+
+    spec = get_task(args.task)
+    glue = spec.family == "glue"
+    if glue and args.model == "smollm2":
+        raise ValueError(f"{spec.name} is a GLUE classification task: use an encoder, e.g. --model minilm")
+    model, tokenizer = load_model(args.model, dtype=dtype_of(args.dtype))
+    config = None if method == "lora" else _reft_config(args, method, ReftConfig, glue=glue)
+    result = run_task(model, tokenizer, spec.name, method, args.out, settings=settings, reft_config=config,
+                      lora=_lora_settings(args), train_task=args.train_task, train_limit=args.limit,
+                      eval_split=args.eval_split, eval_limit=args.eval_limit, evaluate=args.evaluate,
+                      chat_template=args.chat_template and not glue, max_new_tokens=args.max_new_tokens,
+                      eval_batch_size=args.eval_batch_size, model_name=args.model)
+    print(json.dumps(headline(result)["eval"] if "eval" in result else headline(result)["parameters"]))
+    print(f"results: {args.out}/results.json")
     return 0

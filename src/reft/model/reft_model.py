@@ -31,17 +31,30 @@ def _model_name(model: nn.Module) -> str | None:
     return getattr(getattr(model, "config", None), "_name_or_path", None) or None
 
 
+def is_peft_model(model: nn.Module) -> bool:
+    """A peft ``PeftModel`` (recognised by its attributes; peft is never imported here)."""
+    return hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None))
+
+
+def transformers_model(model: nn.Module) -> nn.Module:
+    """The transformers model that runs the forward: ``model`` itself, or the one inside a ``PeftModel``."""
+    return model.get_base_model() if is_peft_model(model) else model
+
+
 class ReftModel(nn.Module):
     """A frozen base model whose hidden states are edited by interventions at prompt positions.
 
     Attribute access falls through to the base model (``reft_model.config``, ``.device``, …).
 
     Args:
-        model (nn.Module): a transformers model (decoder or encoder); its parameters are frozen.
+        model (nn.Module): a transformers model (decoder or encoder), or a peft ``PeftModel`` wrapping one.
         config (ReftConfig): where and how to intervene; ``layers="all"`` is resolved against ``model``.
+        freeze_base (bool): freeze the base model's parameters. A peft model keeps its own flags (peft has
+            already frozen the base and left its adapter, e.g. LoRA, trainable). ``False`` changes no flag.
+            Default: True
     """
 
-    def __init__(self, model: nn.Module, config: ReftConfig) -> None:
+    def __init__(self, model: nn.Module, config: ReftConfig, *, freeze_base: bool = True) -> None:
         super().__init__()
         hidden, num_layers = model_dims(model)
         data = config.to_dict() | {
@@ -53,8 +66,9 @@ class ReftModel(nn.Module):
         data["layers"] = config.layers
         self.reft_config = ReftConfig.from_dict(data)  # validates layers, rank against this model
         self.model = model
-        for p in model.parameters():
-            p.requires_grad_(False)
+        if freeze_base and not is_peft_model(model):
+            for p in model.parameters():
+                p.requires_grad_(False)
 
         cfg = self.reft_config
         cls = get_intervention_class(cfg.intervention)
@@ -73,7 +87,10 @@ class ReftModel(nn.Module):
             target = component_module(blocks[i], cfg.component)
             register_intervention_hook(target, self._ctx, parts, on_input=cfg.component == "block_input")
         self._generating: tuple[torch.Tensor, int] | None = None
-        self._ctx.handles.append(model.register_forward_pre_hook(self._generation_step, with_kwargs=True))
+        # on the module whose forward `generate` calls each step (inside a PeftModel: the transformers model)
+        self._ctx.handles.append(
+            transformers_model(model).register_forward_pre_hook(self._generation_step, with_kwargs=True)
+        )
 
     # ---- plumbing ------------------------------------------------------------------------------------------
     def __getattr__(self, name: str):
@@ -156,22 +173,24 @@ class ReftModel(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
 
     def _sparse_loss_ok(self, kwargs: dict) -> bool:
-        cfg = self.model.config
+        lm = transformers_model(self.model)
+        cfg = lm.config
         return (
             getattr(cfg, "model_type", None) in _PLAIN_LM_HEAD
             and getattr(cfg, "final_logit_softcapping", None) is None
-            and self.model.get_output_embeddings() is not None
-            and self.model.base_model is not self.model
+            and lm.get_output_embeddings() is not None
+            and lm.base_model is not lm
             and not kwargs
         )
 
     def _sparse_lm_loss(self, input_ids, attention_mask, labels, num_items_in_batch, **kwargs):
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                                       **kwargs).last_hidden_state
+        lm = transformers_model(self.model)
+        hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                               **kwargs).last_hidden_state
         targets = labels[:, 1:]
         keep = targets != -100  # [B, T-1]
         h = hidden[:, :-1][keep]  # [N, d]: only positions that predict a label
-        logits = self.model.get_output_embeddings()(h).float()
+        logits = lm.get_output_embeddings()(h).float()
         loss = F.cross_entropy(logits, targets[keep], reduction="sum")
         denom = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
         if isinstance(denom, torch.Tensor):
@@ -246,8 +265,9 @@ class ReftModelForSequenceClassification(ReftModel):
     ``num_labels == 1`` is regression (MSE, e.g. STS-B); otherwise cross-entropy over classes.
     """
 
-    def __init__(self, model: nn.Module, config: ReftConfig, num_labels: int, head_dropout: float = 0.1) -> None:
-        super().__init__(model, config)
+    def __init__(self, model: nn.Module, config: ReftConfig, num_labels: int, head_dropout: float = 0.1, *,
+                 freeze_base: bool = True) -> None:
+        super().__init__(model, config, freeze_base=freeze_base)
         if num_labels < 1:
             raise ValueError(f"num_labels must be ≥ 1 (1 = regression), got {num_labels}")
         self.num_labels = num_labels
@@ -270,15 +290,19 @@ class ReftModelForSequenceClassification(ReftModel):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-def get_reft_model(model: nn.Module, config: ReftConfig, *, num_labels: int | None = None) -> ReftModel:
+def get_reft_model(
+    model: nn.Module, config: ReftConfig, *, num_labels: int | None = None, freeze_base: bool = True
+) -> ReftModel:
     """Freeze ``model`` and attach the interventions ``config`` describes.
 
     Args:
-        model: a transformers model (``AutoModelForCausalLM`` or an encoder such as ``BertModel``).
+        model: a transformers model (``AutoModelForCausalLM`` or an encoder such as ``BertModel``), or a peft
+            ``PeftModel`` (e.g. LoRA) to co-train with the interventions: its adapter stays trainable.
         config: the interventions.
         num_labels: give it to get a :class:`ReftModelForSequenceClassification` with a fresh head.
+        freeze_base: see :class:`ReftModel`. Default: True
     """
     config = copy.deepcopy(config)
     if num_labels is not None:
-        return ReftModelForSequenceClassification(model, config, num_labels)
-    return ReftModel(model, config)
+        return ReftModelForSequenceClassification(model, config, num_labels, freeze_base=freeze_base)
+    return ReftModel(model, config, freeze_base=freeze_base)

@@ -1,0 +1,259 @@
+"""The LoRA baseline (Hu et al., 2021) through the ``peft`` library, on the same data, model and evaluation as ReFT.
+
+LoRA replaces a frozen linear map ``y = W₀ x`` (``W₀ ∈ ℝ^{d_out×d_in}``) by
+
+    y = W₀ x + (α / r) · B A x,      A ∈ ℝ^{r×d_in},  B ∈ ℝ^{d_out×r}  (B = 0 at init)
+
+so each adapted matrix adds ``r · (d_in + d_out)`` trainable parameters; with the default targets (query and
+value projections of every layer) a model with ``L`` layers gets ``L · r · [(d + d_q) + (d + d_v)]``, i.e.
+``2 · L · r · (d_in + d_out)`` when both projections are square (BERT, MiniLM). Llama models with grouped-query
+attention have a narrower ``v_proj`` (``d_v = n_kv_heads · head_dim``).
+
+* Causal LMs: :func:`train_lora_causal` trains on (prompt, response) pairs tokenised exactly as ReFT's
+  (:func:`reft.data.make_supervised_dataset`, prompt labels ``-100``) with the same collator, and the loss over
+  response tokens only (vocabulary logits are computed only where there is a label, as in :class:`reft.ReftModel`).
+* Classification: :class:`LoraForSequenceClassification` = LoRA on the encoder + the same head type as
+  :class:`reft.ReftModelForSequenceClassification`, trained with :func:`reft.classification.fit_classifier`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import Trainer
+from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
+
+from .classification import LossLog, classification_loss, fit_classifier
+from .data import ReftDataCollator, make_supervised_dataset
+from .io import atomic_directory, atomic_write_text
+from .recipe import TrainSettings, plot_loss_curve, training_arguments
+
+#: default LoRA target modules (query and value projections) per ``config.model_type``
+LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    **{t: ("q_proj", "v_proj") for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo",
+                                          "olmo2", "opt")},
+    **{t: ("query", "value") for t in ("bert", "roberta", "xlm-roberta", "deberta-v2", "electra")},
+    "gpt2": ("c_attn",),
+}
+HEAD_FILE = "lora_head.safetensors"
+# causal LMs whose logits are exactly lm_head(last hidden state)
+_PLAIN_LM_HEAD = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "phi3", "olmo", "olmo2"}
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters. ``target_modules=None`` picks :data:`LORA_TARGETS` for the model type."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] | None = None
+
+
+def default_lora_targets(model: nn.Module) -> list[str]:
+    """The query/value projection names of ``model``'s architecture.
+
+    Raises:
+        ValueError: an architecture not in :data:`LORA_TARGETS`; pass ``target_modules`` explicitly.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in LORA_TARGETS:
+        raise ValueError(f"no default LoRA targets for model type {model_type!r}: pass target_modules (the names "
+                         f"of the linear layers to adapt, e.g. ['q_proj', 'v_proj'])")
+    return list(LORA_TARGETS[model_type])
+
+
+def count_parameters(model: nn.Module, *, trainable: bool = True) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
+
+
+def lora_parameters(model: nn.Module) -> int:
+    """Number of LoRA parameters (``lora_A`` / ``lora_B`` tensors) in a peft model."""
+    return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+
+
+def get_lora_model(model: nn.Module, settings: LoraSettings | None = None):
+    """Freeze ``model`` and add LoRA to its target linear layers (``peft.get_peft_model``; mutates ``model``)."""
+    from peft import LoraConfig, get_peft_model
+
+    settings = settings or LoraSettings()
+    if settings.rank < 1:
+        raise ValueError(f"LoRA rank must be ≥ 1, got {settings.rank}")
+    targets = list(settings.target_modules) if settings.target_modules else default_lora_targets(model)
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=targets, bias="none")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return get_peft_model(model, config)
+
+
+# ---- causal LM -------------------------------------------------------------------------------------------------
+def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                   num_items_in_batch: int | torch.Tensor | None = None) -> CausalLMOutputWithPast:
+    """Next-token cross-entropy over the label tokens (``labels != -100``, shifted by one), averaged over them.
+
+    Equal to ``model(input_ids, attention_mask=…, labels=labels).loss`` but, for plain ``lm_head`` models, the
+    vocabulary logits are computed only at positions that predict a label. Works on a peft model or a bare LM.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = inner.config
+    plain = (getattr(cfg, "model_type", None) in _PLAIN_LM_HEAD and getattr(cfg, "final_logit_softcapping", None)
+             is None and inner.get_output_embeddings() is not None and inner.base_model is not inner)
+    if not plain:
+        kwargs = {"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}
+        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+    hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = inner.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    loss = F.cross_entropy(logits, targets[keep], reduction="sum")
+    denom = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
+    if isinstance(denom, torch.Tensor):
+        denom = denom.to(loss.device)
+    return CausalLMOutputWithPast(loss=loss / denom, logits=None)
+
+
+class LoraCausalTrainer(Trainer):
+    """`Trainer` for a peft causal LM fed by :class:`reft.data.ReftDataCollator` batches (``prompt_lengths`` is
+    dropped; the loss is :func:`causal_lm_loss`, averaged over label tokens across gradient-accumulation steps)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = {k: v for k, v in inputs.items() if k != "prompt_lengths"}
+        outputs = causal_lm_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
+                                 num_items_in_batch)
+        loss = outputs.loss
+        if not torch.isfinite(loss.detach()).all():
+            raise RuntimeError(f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1}: lower the "
+                               "learning rate")
+        return (loss, outputs) if return_outputs else loss
+
+
+def train_lora_causal(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    out_dir: str | os.PathLike,
+    settings: TrainSettings | None = None,
+    lora: LoraSettings | None = None,
+    *,
+    progress: bool = True,
+):
+    """LoRA on (prompt, response) pairs; writes ``out_dir/adapter`` (peft format), ``loss_curve.png`` and
+    ``train_metrics.json`` like :func:`reft.recipe.train_reft`.
+
+    Returns:
+        ``(peft_model, metrics)``; ``metrics["trainable_parameters"]`` counts the LoRA parameters.
+    """
+    settings = settings or TrainSettings()
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(settings.seed)
+    peft_model = get_lora_model(model, lora)
+    dataset = make_supervised_dataset(tokenizer, prompts, responses, max_length=settings.max_length)
+    args = training_arguments(settings, os.path.join(out_dir, "checkpoints"), progress=progress, save_strategy="no")
+    log = LossLog()
+    trainer = LoraCausalTrainer(model=peft_model, args=args, train_dataset=dataset, callbacks=[log],
+                                data_collator=ReftDataCollator(tokenizer.pad_token_id))
+    result = trainer.train()
+    peft_model.eval()
+    atomic_directory(os.path.join(out_dir, "adapter"), peft_model.save_pretrained)
+    plot_loss_curve(log.points, os.path.join(out_dir, "loss_curve.png"), title="LoRA training")
+    metrics = dict(result.metrics) | {"loss_curve": log.points, "examples": len(dataset),
+                                      "trainable_parameters": count_parameters(peft_model)}
+    atomic_write_text(os.path.join(out_dir, "train_metrics.json"), json.dumps(metrics, indent=2))
+    return peft_model, metrics
+
+
+# ---- classification --------------------------------------------------------------------------------------------
+class LoraForSequenceClassification(nn.Module):
+    """LoRA on an encoder + the ReFT classification head on the first token (see :mod:`reft.classification`).
+
+    Args:
+        peft_model: an encoder (e.g. ``BertModel``) wrapped by :func:`get_lora_model`.
+        num_labels: classes (1 = regression).
+        head_dropout: dropout inside the head. Default: 0.1
+    """
+
+    def __init__(self, peft_model: nn.Module, num_labels: int, head_dropout: float = 0.1) -> None:
+        super().__init__()
+        from .model.reft_model import ClassificationHead
+
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be ≥ 1 (1 = regression), got {num_labels}")
+        self.model = peft_model
+        self.num_labels = num_labels
+        hidden = peft_model.config.hidden_size
+        device = next(peft_model.parameters()).device
+        self.head = ClassificationHead(hidden, num_labels, head_dropout).to(device)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None):
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        logits = self.head(hidden[:, 0])
+        loss = classification_loss(logits, labels, self.num_labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """The peft adapter files plus ``lora_head.safetensors`` (head weights, ``num_labels`` in the metadata)."""
+        state = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
+
+        def write(tmp: str) -> None:
+            self.model.save_pretrained(tmp)
+            save_file(state, os.path.join(tmp, HEAD_FILE), metadata={"num_labels": str(self.num_labels)})
+
+        atomic_directory(directory, write)
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, directory: str | os.PathLike) -> LoraForSequenceClassification:
+        from peft import PeftModel
+        from safetensors import safe_open
+
+        path = os.path.join(directory, HEAD_FILE)
+        with safe_open(path, framework="pt") as f:
+            num_labels = int((f.metadata() or {})["num_labels"])
+        out = cls(PeftModel.from_pretrained(model, directory), num_labels)
+        out.head.load_state_dict(load_file(path))
+        return out.eval()
+
+
+def train_lora_classifier(model: nn.Module, tokenizer, task, train_examples, dev_examples,
+                          out_dir: str | os.PathLike, settings: TrainSettings | None = None,
+                          lora: LoraSettings | None = None, *, progress: bool = True):
+    """LoRA + head on a GLUE task with dev-set model selection; saves ``out_dir/adapter``.
+
+    Returns:
+        ``(classifier, info)`` with ``info`` as in :func:`reft.classification.fit_classifier`.
+    """
+    settings = settings or TrainSettings()
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(settings.seed)
+    classifier = LoraForSequenceClassification(get_lora_model(model, lora), task.num_labels)
+    info = fit_classifier(classifier, tokenizer, task, train_examples, dev_examples, out_dir, settings,
+                          trainer_cls=Trainer, progress=progress)
+    classifier.save_pretrained(os.path.join(out_dir, "adapter"))
+    return classifier, info
+
+
+def load_lora(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """A saved LoRA adapter on ``model``: a :class:`LoraForSequenceClassification` when the folder holds a head,
+    else a ``peft.PeftModel`` (causal LM), in eval mode."""
+    from peft import PeftModel
+
+    if not os.path.isfile(os.path.join(directory, "adapter_config.json")):
+        raise FileNotFoundError(f"{directory} holds no adapter_config.json: not a LoRA adapter folder "
+                                "(a ReFT adapter is loaded with --adapter)")
+    if os.path.isfile(os.path.join(directory, HEAD_FILE)):
+        return LoraForSequenceClassification.from_pretrained(model, directory)
+    return PeftModel.from_pretrained(model, directory).eval()

@@ -1,0 +1,66 @@
+"""Shared helpers for the reliability tests: token datasets, a character tokenizer, a small ReftTrainer run."""
+
+from __future__ import annotations
+
+import torch
+from conftest import VOCAB, tiny_llama
+from transformers import TrainerCallback, TrainingArguments
+
+from reft import ReftConfig, get_reft_model
+from reft.data import IGNORE_INDEX, ReftDataCollator
+from reft.trainer import ReftTrainer
+
+
+class CharTokenizer:
+    """Enough of a transformers tokenizer for reft.data: one id per character, BOS 2, EOS 1, PAD 0."""
+
+    bos_token_id, eos_token_id, pad_token_id = 2, 1, 0
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        ids = [3 + ord(c) % (VOCAB - 3) for c in text]
+        return {"input_ids": ([self.bos_token_id] if add_special_tokens else []) + ids}
+
+
+def token_examples(n: int = 12, seed: int = 3, prompt: int = 5, response: int = 3) -> list[dict]:
+    """Pre-tokenised (prompt, response) examples of varying lengths, labels masked on the prompt."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        p = torch.randint(3, VOCAB, (prompt + i % 4,), generator=g).tolist()
+        r = torch.randint(3, VOCAB, (response + i % 3,), generator=g).tolist()
+        out.append({"input_ids": p + r, "labels": [IGNORE_INDEX] * len(p) + r, "prompt_lengths": len(p)})
+    return out
+
+
+class LossLog(TrainerCallback):
+    """Records (step, loss); optionally stops training after ``stop_at`` steps (saving a checkpoint there)."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.points: list[tuple[int, float]] = []
+        self.stop_at = stop_at
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.points.append((state.global_step, float(logs["loss"])))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop_at is not None and state.global_step == self.stop_at:
+            control.should_training_stop = True
+            control.should_save = True
+
+
+def make_trainer(out_dir, *, config: ReftConfig | None = None, data=None, model=None, callbacks=(), **args):
+    """A ReftTrainer on a fresh tiny Llama (seeded), logging every step, CPU only."""
+    torch.manual_seed(0)
+    config = config or ReftConfig(layers="1;2", positions="f2+l2", tied=False, rank=4, dropout=0.3)
+    reft_model = get_reft_model(model if model is not None else tiny_llama(init=0.2), config)
+    defaults = dict(output_dir=str(out_dir), num_train_epochs=2, per_device_train_batch_size=4, learning_rate=2e-2,
+                    logging_steps=1, save_strategy="steps", save_steps=2, seed=5, report_to=[], disable_tqdm=True,
+                    use_cpu=True, remove_unused_columns=False, warmup_steps=1, weight_decay=0.01)
+    training_args = TrainingArguments(**(defaults | args))
+    return ReftTrainer(model=reft_model, args=training_args, train_dataset=data if data is not None else
+                       token_examples(), data_collator=ReftDataCollator(0), callbacks=list(callbacks))
+
+
+def intervention_state(trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.interventions.state_dict().items()}

@@ -1,0 +1,179 @@
+"""Exact resume, atomic checkpoints, weights_only loading of Trainer state, R orthonormal across save/load."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+from _reliability_common import LossLog, intervention_state, make_trainer
+from conftest import tiny_llama
+
+import reft.trainer as reft_trainer
+from reft import ReftModel
+from reft.interventions import orthonormalize
+from reft.io import WEIGHTS_NAME
+
+STEPS = 6  # 12 examples, batch 4, 2 epochs; checkpoints every 2 steps
+
+
+def _checkpoints(run_dir) -> list[str]:
+    return sorted(d for d in os.listdir(run_dir) if d.startswith("checkpoint-"))
+
+
+def _assert_orthonormal(reft_model) -> None:
+    for key, module in reft_model.interventions.items():
+        r = module.rotate()
+        assert r.dtype == torch.float32
+        torch.testing.assert_close(r.T @ r, torch.eye(r.shape[1]), atol=1e-5, rtol=0, msg=key)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference run: 6 steps with dropout 0.3 and shuffling, never stopped."""
+    out = tmp_path_factory.mktemp("full")
+    log = LossLog()
+    trainer = make_trainer(out, callbacks=[log])
+    trainer.train()
+    assert [s for s, _ in log.points] == list(range(1, STEPS + 1))
+    return log.points, intervention_state(trainer)
+
+
+def test_stopped_and_resumed_run_reproduces_the_loss_curve_exactly(tmp_path, uninterrupted):
+    full_curve, full_state = uninterrupted
+    first = LossLog(stop_at=4)  # stops in the middle of epoch 2
+    make_trainer(tmp_path, callbacks=[first]).train()
+    assert _checkpoints(tmp_path) == ["checkpoint-2", "checkpoint-4"]
+    second = LossLog()
+    resumed = make_trainer(tmp_path, callbacks=[second])  # a fresh model: everything comes from the checkpoint
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
+    assert first.points + second.points == full_curve  # exact equality on CPU
+    for key, value in intervention_state(resumed).items():
+        assert torch.equal(value, full_state[key]), key
+    _assert_orthonormal(resumed.model)
+
+
+def test_resume_depends_on_the_saved_rng_state(tmp_path, uninterrupted):
+    """Control: without the RNG file the dropout masks differ, so the exact match above is not a coincidence."""
+    make_trainer(tmp_path, callbacks=[LossLog(stop_at=4)]).train()
+    os.remove(tmp_path / "checkpoint-4" / "rng_state.pth")
+    log = LossLog()
+    make_trainer(tmp_path, callbacks=[log]).train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
+    assert log.points != uninterrupted[0][4:]
+
+
+def test_a_save_that_fails_midway_leaves_the_last_good_checkpoint(tmp_path, uninterrupted):
+    trainer = make_trainer(tmp_path, callbacks=[LossLog()])
+    original = trainer._save_rng_state
+
+    def crash_at_step_4(output_dir):
+        if trainer.state.global_step == 4:
+            assert os.path.isfile(os.path.join(output_dir, WEIGHTS_NAME))  # half of checkpoint-4 was written
+            raise KeyboardInterrupt("killed during save")
+        original(output_dir)
+
+    trainer._save_rng_state = crash_at_step_4
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert os.listdir(tmp_path) == ["checkpoint-2"]  # no checkpoint-4, no staging folder left behind
+    assert sorted(os.listdir(tmp_path / "checkpoint-2")) == sorted(
+        ["reft_config.json", WEIGHTS_NAME, "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"])
+    ReftModel.from_pretrained(tiny_llama(init=0.2), tmp_path / "checkpoint-2")  # loadable
+    log = LossLog()
+    make_trainer(tmp_path, callbacks=[log]).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert log.points == uninterrupted[0][2:]
+
+
+def test_a_killed_save_leaves_no_checkpoint_folder(tmp_path, monkeypatch):
+    """A kill (no cleanup) leaves only a hidden staging folder, which neither resume nor rotation picks up."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    trainer = make_trainer(tmp_path, max_steps=4)
+    original = trainer._save_rng_state
+
+    def die(output_dir):
+        if trainer.state.global_step == 4:
+            raise SystemExit(1)
+        original(output_dir)
+
+    trainer._save_rng_state = die
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, ignore_errors=False):  # a killed process never cleans up its half-written folder
+        if not str(path).endswith(".staging-checkpoint-4"):
+            real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(reft_trainer.shutil, "rmtree", rmtree)
+    with pytest.raises(SystemExit):
+        trainer.train()
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == [".staging-checkpoint-4", "checkpoint-2"]
+    assert get_last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-2")
+    # the next save at step 4 clears the leftover and publishes a complete folder
+    trainer = make_trainer(tmp_path, max_steps=4)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", "checkpoint-4"]
+    assert os.path.isfile(tmp_path / "checkpoint-4" / "rng_state.pth")
+
+
+def test_resume_reads_trainer_state_with_weights_only(tmp_path, monkeypatch):
+    make_trainer(tmp_path, max_steps=2).train()
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append((os.path.basename(str(args[0] if args else kwargs.get("f"))), kwargs.get("weights_only")))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    make_trainer(tmp_path, max_steps=3).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    names = {name for name, _ in calls}
+    assert {"optimizer.pt", "scheduler.pt", "rng_state.pth"} <= names, calls
+    assert all(weights_only is True for _, weights_only in calls), calls
+
+
+class _Payload:
+    """Unpickling this would call _mark: weights_only must refuse it."""
+
+    def __reduce__(self):
+        return (_mark, ("unpickled",))
+
+
+MARKS: list[str] = []
+
+
+def _mark(value):
+    MARKS.append(value)
+    return {}
+
+
+def test_a_pickle_payload_in_the_optimizer_file_is_refused(tmp_path):
+    make_trainer(tmp_path, max_steps=2).train()
+    with open(tmp_path / "checkpoint-2" / "optimizer.pt", "wb") as f:
+        pickle.dump({"state": _Payload()}, f)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        make_trainer(tmp_path, max_steps=3).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert MARKS == []
+
+
+def test_r_stays_orthonormal_across_save_load_and_training(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2, weight_decay=0.5)  # strong decay shrinks A, never R
+    trainer.train()
+    saved = trainer.model.interventions["layer1_first"].rotate.weight.detach().clone()
+    assert saved.norm(dim=0).max() < 0.999  # the stored A really moved off the unit sphere …
+    loaded = ReftModel.from_pretrained(tiny_llama(init=0.2), tmp_path / "checkpoint-2", is_trainable=True)
+    _assert_orthonormal(loaded)  # … yet R = orthonormalize(A) is orthonormal after loading
+    torch.testing.assert_close(loaded.interventions["layer1_first"].rotate(), orthonormalize(saved))
+    resumed = make_trainer(tmp_path, max_steps=4, weight_decay=0.5)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    _assert_orthonormal(resumed.model)
+
+
+def test_save_model_into_output_dir_keeps_the_checkpoints(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.train()
+    trainer.save_model()  # the usual HF call: adapter files next to the checkpoint folders
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", "reft_config.json", WEIGHTS_NAME]
+    ReftModel.from_pretrained(tiny_llama(init=0.2), tmp_path)
