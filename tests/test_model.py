@@ -183,10 +183,34 @@ def test_gradient_checkpointing_same_gradients(arch):
         _nonzero_init(reft_model)
         if checkpointing:
             reft_model.gradient_checkpointing_enable()
-            assert reft_model.model.is_gradient_checkpointing
+            base = reft_model.model
+            assert getattr(base, "is_activation_checkpointing", None) or base.is_gradient_checkpointing
         reft_model.train()
         reft_model(**_lm_batch()).loss.backward()
         grads.append({n: p.grad.clone() for n, p in reft_model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("arch", sorted(DECODERS))
+@pytest.mark.parametrize("positions", ["l1", "l3"])
+def test_frozen_prefix_split_is_exact(arch, positions):
+    """Running the tokens before the first edit without autograd changes neither loss nor gradients."""
+    results = []
+    for split in (False, True):
+        reft_model = get_reft_model(DECODERS[arch](), ReftConfig(layers=[0, 2], positions=positions, rank=2))
+        _nonzero_init(reft_model)
+        reft_model.split_frozen_prefix = split
+        batch = _lm_batch(prompt=9)  # prompts of 9 and 10 tokens
+        out = reft_model(**batch)
+        if split:
+            reft_model.set_positions(batch["attention_mask"], batch["prompt_lengths"])
+            with torch.no_grad():
+                _, offset = reft_model._decoder_hidden(batch["input_ids"], batch["attention_mask"])
+            assert offset == 9 - int(positions[1:])
+        out.loss.backward()
+        results.append((out.loss.detach(), [p.grad.clone() for p in reft_model.intervention_parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -159,14 +159,16 @@ def test_a_pickle_payload_in_the_optimizer_file_is_refused(tmp_path):
 
 
 def test_r_stays_orthonormal_across_save_load_and_training(tmp_path):
-    trainer = make_trainer(tmp_path, max_steps=2, weight_decay=0.5)  # strong decay shrinks A, never R
+    decay = dict(weight_decay=0.5, warmup_steps=0, lr_scheduler_type="constant")  # shrinks A by 1% a step, never R
+    trainer = make_trainer(tmp_path, max_steps=2, **decay)
     trainer.train()
     saved = trainer.model.interventions["layer1_first"].rotate.weight.detach().clone()
-    assert saved.norm(dim=0).max() < 0.999  # the stored A really moved off the unit sphere …
+    drift = (saved.T @ saved - torch.eye(saved.shape[1])).abs().max()
+    assert drift > 1e-2  # the stored A is no longer orthonormal …
     loaded = ReftModel.from_pretrained(tiny_llama(init=0.2), tmp_path / "checkpoint-2", is_trainable=True)
     _assert_orthonormal(loaded)  # … yet R = orthonormalize(A) is orthonormal after loading
     torch.testing.assert_close(loaded.interventions["layer1_first"].rotate(), orthonormalize(saved))
-    resumed = make_trainer(tmp_path, max_steps=4, weight_decay=0.5)
+    resumed = make_trainer(tmp_path, max_steps=4, **decay)
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     _assert_orthonormal(resumed.model)
 

@@ -87,6 +87,8 @@ class ReftModel(nn.Module):
             target = component_module(blocks[i], cfg.component)
             register_intervention_hook(target, self._ctx, parts, on_input=cfg.component == "block_input")
         self._generating: tuple[torch.Tensor, int] | None = None
+        # training loss: run the frozen prompt prefix once without autograd (see _decoder_hidden)
+        self.split_frozen_prefix = True
         # on the module whose forward `generate` calls each step (inside a PeftModel: the transformers model)
         self._ctx.handles.append(
             transformers_model(model).register_forward_pre_hook(self._generation_step, with_kwargs=True)
@@ -132,7 +134,10 @@ class ReftModel(nn.Module):
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Turn on the base model's gradient checkpointing (non-reentrant, which a frozen base needs)."""
         kwargs = {"use_reentrant": False} | (gradient_checkpointing_kwargs or {})
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers ≥ 5.x name
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def set_positions(self, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Compute and install the positions the next forward intervenes on (see :mod:`reft.positions`)."""
@@ -184,18 +189,39 @@ class ReftModel(nn.Module):
         )
 
     def _sparse_lm_loss(self, input_ids, attention_mask, labels, num_items_in_batch, **kwargs):
-        lm = transformers_model(self.model)
-        hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                               **kwargs).last_hidden_state
-        targets = labels[:, 1:]
-        keep = targets != -100  # [B, T-1]
+        hidden, offset = self._decoder_hidden(input_ids, attention_mask, **kwargs)
+        targets = labels[:, offset + 1:]
+        keep = targets != -100  # [B, T-1-offset]
         h = hidden[:, :-1][keep]  # [N, d]: only positions that predict a label
-        logits = lm.get_output_embeddings()(h).float()
+        logits = self.model.get_output_embeddings()(h).float()
         loss = F.cross_entropy(logits, targets[keep], reduction="sum")
         denom = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
         if isinstance(denom, torch.Tensor):
             denom = denom.to(loss.device)
         return CausalLMOutputWithPast(loss=loss / denom, logits=None)
+
+    def _decoder_hidden(self, input_ids, attention_mask, **kwargs) -> tuple[torch.Tensor, int]:
+        """Last hidden states from position ``offset`` on.
+
+        Every token before the first intervened position ``c`` (over the batch) is computed exactly as the frozen
+        model computes it: attention is causal and nothing before ``c`` is edited. Those ``c`` tokens run once
+        without autograd, and their keys/values serve as a KV cache for the rest, which runs with gradients. For
+        suffix positions (``l1``) this skips backward through most of the prompt. ``offset = c``.
+        """
+        base = self.model.base_model
+        positions = self._ctx.positions
+        valid = positions[positions >= 0]
+        split = int(valid.min()) if self.split_frozen_prefix and valid.numel() else 0
+        if split < 2 or not self._ctx.enabled:
+            out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+            return out.last_hidden_state, 0
+        with torch.no_grad(), self.disable_interventions():
+            cache = base(input_ids=input_ids[:, :split], attention_mask=attention_mask[:, :split],
+                         use_cache=True).past_key_values
+        self._ctx.positions = torch.where(positions >= 0, positions - split, -1)  # relative to the second chunk
+        out = base(input_ids=input_ids[:, split:], attention_mask=attention_mask, past_key_values=cache,
+                   use_cache=True, **kwargs)
+        return out.last_hidden_state, split
 
     # ---- generation ----------------------------------------------------------------------------------------
     def _generation_step(self, module, args, kwargs):
