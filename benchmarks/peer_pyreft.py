@@ -303,6 +303,8 @@ def main(argv=None):
         "seed": args.seed,
         "epoch_s": timer.epoch_s,
         "epoch_cpu_util": [c / w for c, w in zip(timer.epoch_cpu_s, timer.epoch_s)],
+        # contention-robust-ish: examples per second of this process's CPU time (x threads = ideal wall rate)
+        "examples_per_cpu_s": statistics.median(n / c for c in timer.epoch_cpu_s),
         "examples_per_s": statistics.median(n / s for s in timer.epoch_s),
         "tokens_per_s": statistics.median(n_tokens / s for s in timer.epoch_s),
         "epoch_mean_loss": [statistics.fmean(v) for v in trainer.epoch_losses],

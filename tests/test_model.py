@@ -193,24 +193,48 @@ def test_gradient_checkpointing_same_gradients(arch):
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7)
 
 
+def _shared_prefix_batch(prefix: int, prompts=(6, 2, 9), response=4):
+    """Rows that start with the same ``prefix`` tokens (a system prompt), then differ."""
+    g = torch.Generator().manual_seed(3)
+    head = torch.randint(3, 64, (prefix,), generator=g).tolist()
+    data = []
+    for n in prompts:
+        p = head + torch.randint(3, 64, (n,), generator=g).tolist()
+        r = torch.randint(3, 64, (response,), generator=g).tolist()
+        data.append({"input_ids": p + r, "labels": [-100] * len(p) + r, "prompt_lengths": len(p)})
+    return ReftDataCollator(pad_token_id=0)(data)
+
+
 @pytest.mark.parametrize("arch", sorted(DECODERS))
-@pytest.mark.parametrize("positions", ["l1", "l3"])
-def test_frozen_prefix_split_is_exact(arch, positions):
-    """Running the tokens before the first edit without autograd changes neither loss nor gradients."""
+@pytest.mark.parametrize("positions,batch_kind,expect_offset", [
+    ("l1", "random", 8),         # frozen prefix: first edit at the shortest prompt's last token (9 - 1)
+    ("l3", "random", 6),
+    ("f2+l2", "shared", 8),      # shared prefix of 8 tokens, edited at 0 and 1 in every row: computed once
+    ("l2", "shared", 8),         # shared and frozen
+    ("f3+l3", "short", 3),       # one row is edited at 3, inside the 4-token shared prefix: sharing stops at 3
+])
+def test_chunked_loss_is_exact(arch, positions, batch_kind, expect_offset):
+    """Chunking the sequence (shared prefix once, frozen part without autograd) changes no loss or gradient."""
     results = []
-    for split in (False, True):
-        reft_model = get_reft_model(DECODERS[arch](), ReftConfig(layers=[0, 2], positions=positions, rank=2))
+    for chunked in (False, True):
+        reft_model = get_reft_model(DECODERS[arch](), ReftConfig(layers=[0, 2], positions=positions, rank=2,
+                                                                  tied=False))
         _nonzero_init(reft_model)
-        reft_model.split_frozen_prefix = split
-        batch = _lm_batch(prompt=9)  # prompts of 9 and 10 tokens
+        reft_model.split_frozen_prefix = chunked
+        if batch_kind == "random":
+            batch = _lm_batch(prompt=9)  # prompts of 9 and 10 tokens
+        elif batch_kind == "shared":
+            batch = _shared_prefix_batch(8)
+        else:
+            batch = _shared_prefix_batch(4, prompts=(6, 2, 9))
         out = reft_model(**batch)
-        if split:
+        out.loss.backward()
+        results.append((out.loss.detach(), [p.grad.clone() for p in reft_model.intervention_parameters()]))
+        if chunked:
             reft_model.set_positions(batch["attention_mask"], batch["prompt_lengths"])
             with torch.no_grad():
                 _, offset = reft_model._decoder_hidden(batch["input_ids"], batch["attention_mask"])
-            assert offset == 9 - int(positions[1:])
-        out.loss.backward()
-        results.append((out.loss.detach(), [p.grad.clone() for p in reft_model.intervention_parameters()]))
+            assert offset == expect_offset
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

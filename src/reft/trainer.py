@@ -79,18 +79,28 @@ class ReftTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
+        token_sum = isinstance(labels, torch.Tensor) and labels.dim() == 2 and num_items_in_batch is not None
         if isinstance(labels, torch.Tensor) and labels.dim() == 2:
             if not bool((labels != IGNORE_INDEX).any()) and not num_items_in_batch:
                 raise ValueError(
                     f"every label in this batch is masked ({IGNORE_INDEX}): the loss is undefined; check that the "
                     "responses are not empty and max_length does not cut them away"
                 )
-            if num_items_in_batch is not None:
-                inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
+        if token_sum:
+            inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
         outputs = model(**inputs)
         loss = outputs.loss
         if loss is None:
             raise ValueError("the model returned no loss: the batch needs 'labels'")
+        if token_sum and self.args.average_tokens_across_devices and self.model.training:
+            # num_items_in_batch counts the label tokens of *all* processes; DDP averages gradients over them, so
+            # scale back up as Trainer.compute_loss does (otherwise N processes train with 1/N of the gradient)
+            tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
+            loss = loss * (self.accelerator.num_processes // tp if self.args.n_gpu <= 1 else self.args.n_gpu)
+        elif num_items_in_batch is not None and not token_sum and self.model.training:
+            # a per-batch mean (classification): Trainer skips its division by the accumulation steps whenever
+            # num_items_in_batch is given to a model with **kwargs, so divide here
+            loss = loss / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
         if not torch.isfinite(loss.detach()).all():
             last = None
             if os.path.isdir(self.args.output_dir):

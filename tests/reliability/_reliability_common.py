@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import VOCAB, tiny_llama
 from transformers import TrainerCallback, TrainingArguments
@@ -9,6 +10,15 @@ from transformers import TrainerCallback, TrainingArguments
 from reft import ReftConfig, get_reft_model
 from reft.data import IGNORE_INDEX, ReftDataCollator
 from reft.trainer import ReftTrainer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core runner they lose 10×: use one."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 class CharTokenizer:

@@ -57,7 +57,8 @@ def test_converted_pyreft_models_match_pyreft_logits(tmp_path):
               "rank": 4, "layers": [1, 3], "input_ids": ids.tolist()} | extra
              for i, (name, cls, untied, act, extra, pos, _) in enumerate(CASES)]
     run = subprocess.run([python, str(HERE / "_pyreft_peer.py"), str(tmp_path / "base"), str(tmp_path / "out"),
-                          json.dumps(cases)], capture_output=True, text=True, timeout=300)
+                          json.dumps(cases)], capture_output=True, text=True, timeout=300,
+                         env=os.environ | {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
     assert run.returncode == 0, run.stderr[-3000:]
     print("peer:", run.stdout.strip().splitlines()[-1], file=sys.stderr)
     for name, _, untied, act, _, (first, last), kind in CASES:

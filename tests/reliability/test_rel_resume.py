@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from _reliability_common import LossLog, intervention_state, make_trainer
+from _reliability_common import LossLog, intervention_state, make_trainer, one_thread  # noqa: F401
 from conftest import tiny_llama
 
 import reft.trainer as reft_trainer
@@ -152,7 +152,7 @@ def _mark(value):
 def test_a_pickle_payload_in_the_optimizer_file_is_refused(tmp_path):
     make_trainer(tmp_path, max_steps=2).train()
     with open(tmp_path / "checkpoint-2" / "optimizer.pt", "wb") as f:
-        pickle.dump({"state": _Payload()}, f)
+        pickle.dump({"state": _Payload()}, f, protocol=2)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         make_trainer(tmp_path, max_steps=3).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     assert MARKS == []

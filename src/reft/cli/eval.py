@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
     which.add_argument("--lora", default=None, help="LoRA adapter folder ('reft train --method lora')")
     p.add_argument("--split", default="test", help="(default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N examples (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="GLUE dev/test division seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=42,
+                   help="GLUE dev/test division: the --seed given to 'reft train' (default: %(default)s, as there)")
     p.add_argument("--out", default=None, help="results JSON (default: eval-<task>-<split>.json)")
     p.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="(default: per task family)")

@@ -180,8 +180,12 @@ class ReftModel(nn.Module):
     def _sparse_loss_ok(self, kwargs: dict) -> bool:
         lm = transformers_model(self.model)
         cfg = lm.config
+        # the fast path runs part of the prompt without autograd: only valid when the base model is frozen (a
+        # peft/LoRA base or freeze_base=False takes the plain path, with gradients through every position)
         return (
-            getattr(cfg, "model_type", None) in _PLAIN_LM_HEAD
+            not is_peft_model(self.model)
+            and not (torch.is_grad_enabled() and any(p.requires_grad for p in self.model.parameters()))
+            and getattr(cfg, "model_type", None) in _PLAIN_LM_HEAD
             and getattr(cfg, "final_logit_softcapping", None) is None
             and lm.get_output_embeddings() is not None
             and lm.base_model is not lm
@@ -193,7 +197,7 @@ class ReftModel(nn.Module):
         targets = labels[:, offset + 1:]
         keep = targets != -100  # [B, T-1-offset]
         h = hidden[:, :-1][keep]  # [N, d]: only positions that predict a label
-        logits = self.model.get_output_embeddings()(h).float()
+        logits = transformers_model(self.model).get_output_embeddings()(h).float()
         loss = F.cross_entropy(logits, targets[keep], reduction="sum")
         denom = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
         if isinstance(denom, torch.Tensor):
@@ -201,27 +205,60 @@ class ReftModel(nn.Module):
         return CausalLMOutputWithPast(loss=loss / denom, logits=None)
 
     def _decoder_hidden(self, input_ids, attention_mask, **kwargs) -> tuple[torch.Tensor, int]:
-        """Last hidden states from position ``offset`` on.
+        """Last hidden states from position ``offset`` on, computing only what differs from work done elsewhere.
 
-        Every token before the first intervened position ``c`` (over the batch) is computed exactly as the frozen
-        model computes it: attention is causal and nothing before ``c`` is edited. Those ``c`` tokens run once
-        without autograd, and their keys/values serve as a KV cache for the rest, which runs with gradients. For
-        suffix positions (``l1``) this skips backward through most of the prompt. ``offset = c``.
+        Attention is causal, so a token's hidden states depend only on the tokens up to it. Two exact savings follow:
+
+        * a prefix shared by every row (a chat template's system prompt, a fixed instruction), in which every row
+          is edited at the same positions, is the same computation in every row: it runs once, for row 0, and its
+          keys/values are repeated for the batch (gradients flow back through the repeat);
+        * tokens before the first edited position ``c`` are the frozen model's computation: they run without
+          autograd, so backward stops at ``c``.
+
+        The rest runs with the cached keys/values. ``offset`` = where that rest starts.
         """
         base = self.model.base_model
         positions = self._ctx.positions
-        valid = positions[positions >= 0]
-        split = int(valid.min()) if self.split_frozen_prefix and valid.numel() else 0
-        if split < 2 or not self._ctx.enabled:
+        shared, split = self._chunk_bounds(input_ids, attention_mask, positions)
+        if max(shared, split) < 2:
             out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
             return out.last_hidden_state, 0
-        with torch.no_grad(), self.disable_interventions():
-            cache = base(input_ids=input_ids[:, :split], attention_mask=attention_mask[:, :split],
-                         use_cache=True).past_key_values
-        self._ctx.positions = torch.where(positions >= 0, positions - split, -1)  # relative to the second chunk
-        out = base(input_ids=input_ids[:, split:], attention_mask=attention_mask, past_key_values=cache,
+        cache = None
+        if shared >= 2:  # chunk 1: the shared prefix, once
+            self._ctx.positions = positions[:1].masked_fill(positions[:1] >= shared, -1)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and shared > split):
+                cache = base(input_ids=input_ids[:1, :shared], attention_mask=attention_mask[:1, :shared],
+                             use_cache=True).past_key_values
+            cache.batch_repeat_interleave(input_ids.shape[0])
+        start = shared if shared >= 2 else 0
+        if split > start:  # chunk 2: the rest of the frozen part, without autograd
+            with torch.no_grad(), self.disable_interventions():
+                cache = base(input_ids=input_ids[:, start:split], attention_mask=attention_mask[:, :split],
+                             past_key_values=cache, use_cache=True).past_key_values
+            start = split
+        self._ctx.positions = torch.where(positions >= start, positions - start, -1)  # relative to the last chunk
+        out = base(input_ids=input_ids[:, start:], attention_mask=attention_mask, past_key_values=cache,
                    use_cache=True, **kwargs)
-        return out.last_hidden_state, split
+        return out.last_hidden_state, start
+
+    def _chunk_bounds(self, input_ids, attention_mask, positions) -> tuple[int, int]:
+        """``(shared, split)``: the shared-prefix length and the first edited position (0 when not applicable)."""
+        checkpointing = getattr(self.model, "is_activation_checkpointing", None)
+        if checkpointing is None:
+            checkpointing = getattr(self.model, "is_gradient_checkpointing", False)
+        valid = positions[positions >= 0]
+        if not self.split_frozen_prefix or not self._ctx.enabled or checkpointing or not valid.numel():
+            return 0, 0  # gradient checkpointing drops the KV cache inside the layers: no chunking then
+        split = int(valid.min())
+        limit = int(attention_mask.sum(1).min()) - 1  # keep every row's first predicting position in the last chunk
+        same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)  # [T]
+        shared = int(same.long().cumprod(0).sum())
+        for slot in range(positions.shape[1]):  # every row must be edited alike inside the shared prefix
+            column = positions[:, slot]
+            inside = column < shared
+            if inside.any() and not (column == column[0]).all():
+                shared = min(shared, int(column[column >= 0].min()))
+        return min(shared, limit), split
 
     # ---- generation ----------------------------------------------------------------------------------------
     def _generation_step(self, module, args, kwargs):

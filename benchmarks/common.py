@@ -1,0 +1,45 @@
+"""What both sides of the benchmark share: the settings, the epoch timer and the machine-load probe."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import transformers
+
+LAYERS = {"a": [15], "b": [3, 9, 15, 21], "c": [3, 9, 15, 21]}
+POSITIONS = {"a": "l1", "b": "f7+l7", "c": "f7+l7"}
+RANK = 4
+DESCRIPTION = {
+    "a": "pyreft quickstart: 1 LoReFT, layer 15, last prompt position",
+    "b": "f7+l7 on layers 3;9;15;21, tied (4 interventions)",
+    "c": "f7+l7 on layers 3;9;15;21, untied (8 interventions)",
+}
+
+
+class Timer(transformers.TrainerCallback):
+    """Wall time of each epoch, and this process's CPU time over it (cpu/wall near --threads means no contention)."""
+
+    def __init__(self):
+        self.epoch_s: list[float] = []
+        self.epoch_cpu_s: list[float] = []
+        self._t0 = self._c0 = 0.0
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.epoch_s.append(time.perf_counter() - self._t0)
+        self.epoch_cpu_s.append(time.process_time() - self._c0)
+
+
+def machine_load() -> dict:
+    """Load average and CPU pressure: other processes on this small machine skew every timing."""
+    out = {"loadavg_1m": os.getloadavg()[0]}
+    try:
+        some = Path("/proc/pressure/cpu").read_text().split("\n")[0].split()
+        out["cpu_pressure_some_avg60"] = float(some[2].split("=")[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return out

@@ -1,0 +1,234 @@
+"""reft side of the benchmark, mirroring peer_pyreft.py measurement for measurement.
+
+    .venv/bin/python benchmarks/reft_side.py --setting a --out result.json           # ReFT training + generation
+    .venv/bin/python benchmarks/reft_side.py --setting a --floor --out floor.json    # the frozen-model floor
+
+Same model weights (the de-quantised SmolLM2 cache), task, example order (no shuffle), batch size 8, lr 4e-3,
+linear schedule, 2 epochs, threads and seed as the peer. `--floor` times one forward + backward of the frozen model
+per batch with gradients only from the loss down to the lowest intervened layer and no intervention, twice: with
+vocabulary logits at every position (a plain `labels=` call) and only at the response positions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import task  # noqa: E402
+from common import LAYERS, POSITIONS, RANK, Timer, machine_load  # noqa: E402
+
+from reft import ReftConfig, get_reft_model  # noqa: E402
+from reft.data import ReftDataCollator, make_supervised_dataset  # noqa: E402
+from reft.generation import encode_prompts  # noqa: E402
+from reft.models import load_model  # noqa: E402
+from reft.trainer import ReftTrainer  # noqa: E402
+
+
+class Trainer(ReftTrainer):
+    """Fixed batch order (the task's), and the loss of every step recorded per epoch."""
+
+    def _get_train_sampler(self, *args, **kwargs):
+        return torch.utils.data.SequentialSampler(self.train_dataset)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = out[0] if return_outputs else out
+        self.epoch_losses.setdefault(int(self.state.epoch or 0), []).append(float(loss.detach()))
+        return out
+
+
+def _batches(dataset, collator, size):
+    return [collator(dataset[i : i + size]) for i in range(0, len(dataset), size)]
+
+
+def floor(model, tokenizer, dataset, setting, batch_size) -> dict:
+    """Seconds per epoch of forward + backward of the frozen model, gradients from the loss to the lowest layer."""
+    lowest = min(LAYERS[setting])
+    layer = model.model.layers[lowest]
+    handle = layer.register_forward_hook(lambda m, a, out: out.detach().requires_grad_(True))
+    batches = _batches(dataset, ReftDataCollator(tokenizer.pad_token_id), batch_size)
+    out = {}
+    for name in ("full_logits", "response_logits"):
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            for b in batches:
+                if name == "full_logits":
+                    loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+                else:
+                    h = model.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+                    keep = b["labels"][:, 1:] != -100
+                    logits = model.lm_head(h[:, :-1][keep])
+                    loss = torch.nn.functional.cross_entropy(logits, b["labels"][:, 1:][keep])
+                loss.backward()
+            times.append(time.perf_counter() - t0)
+        out[f"{name}_epoch_s"] = statistics.median(times)
+        out[f"{name}_examples_per_s"] = len(dataset) / statistics.median(times)
+    handle.remove()
+    return out
+
+
+def generate(reft_model, tokenizer, texts, max_new_tokens, bare=False):
+    enc = encode_prompts(tokenizer, texts)
+    kw = dict(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    t0 = time.perf_counter()
+    target = reft_model.model if bare else reft_model  # bare: the base model's own generate, hooks idle
+    out = target.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **kw)
+    return out[:, enc["input_ids"].shape[1] :], time.perf_counter() - t0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--setting", choices="abc", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--floor", action="store_true", help="measure the frozen-model floor instead")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=4e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--limit-train", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--gen-batch", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    transformers.set_seed(args.seed)
+    t_start, load_start = time.perf_counter(), machine_load()
+
+    model, tokenizer = load_model("smollm2")
+    train, heldout = task.make_task()
+    train = train[: args.limit_train] if args.limit_train else train
+    dataset = make_supervised_dataset(
+        tokenizer, [task.render(tokenizer, e["prompt"]) for e in train], [e["response"] for e in train]
+    )
+    n_tokens = sum(len(e["input_ids"]) for e in dataset)
+    common = {"library": "reft", "setting": args.setting, "n_train": len(train), "train_tokens_per_epoch": n_tokens}
+    if args.floor:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        result = common | floor(model, tokenizer, dataset, args.setting, args.batch_size)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return result
+
+    cfg = ReftConfig(
+        layers=LAYERS[args.setting],
+        positions=POSITIONS[args.setting],
+        tied=args.setting != "c",
+        rank=RANK,
+        intervention="loreft",
+    )
+    reft_model = get_reft_model(model, cfg)
+    targs = transformers.TrainingArguments(
+        output_dir="/tmp/reft_bench_out",
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        logging_steps=10**9,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=args.seed,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+    )
+    timer = Timer()
+    trainer = Trainer(
+        model=reft_model,
+        args=targs,
+        train_dataset=dataset,
+        callbacks=[timer],
+        data_collator=ReftDataCollator(tokenizer.pad_token_id),
+    )
+    trainer.epoch_losses = {}
+    trainer.train()
+    rss_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    reft_model.eval()
+    texts = [task.render(tokenizer, e["prompt"]) for e in heldout]
+    n_ok, samples = 0, []
+    for i in range(0, len(texts), args.gen_batch):
+        kw = dict(max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        enc = encode_prompts(tokenizer, texts[i : i + args.gen_batch])
+        out = reft_model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **kw)
+        for j, row in enumerate(out[:, enc["input_ids"].shape[1] :]):
+            text = tokenizer.decode(row, skip_special_tokens=False)
+            n_ok += task.exact_match(text, heldout[i + j]["response"])
+            if len(samples) < 3:
+                samples.append(text.split(task.EOS)[0])
+
+    gen_texts = texts[: args.gen_batch]
+    for bare in (False, True):
+        generate(reft_model, tokenizer, gen_texts[:2], 4, bare=bare)  # warm-up
+    b = f"batch{args.gen_batch}"
+    gen = {f"{b}_reft_s": float("inf"), f"{b}_bare_s": float("inf"), "batch1_reft_s": 0.0, "batch1_bare_s": 0.0}
+    for _ in range(2):
+        for bare, name in ((False, "reft"), (True, "bare")):
+            gen[f"{b}_{name}_s"] = min(
+                gen[f"{b}_{name}_s"], generate(reft_model, tokenizer, gen_texts, args.max_new_tokens, bare)[1]
+            )
+    for t in gen_texts:
+        for bare, name in ((False, "reft"), (True, "bare")):
+            gen[f"batch1_{name}_s"] += generate(reft_model, tokenizer, [t], args.max_new_tokens, bare)[1]
+    gen[f"{b}_ratio"] = gen[f"{b}_reft_s"] / gen[f"{b}_bare_s"]
+    gen["batch1_ratio"] = gen["batch1_reft_s"] / gen["batch1_bare_s"]
+
+    n = len(train)
+    losses = [statistics.fmean(trainer.epoch_losses[k]) for k in sorted(trainer.epoch_losses)]
+    result = common | {
+        "layers": LAYERS[args.setting],
+        "positions": POSITIONS[args.setting],
+        "tied": args.setting != "c",
+        "num_interventions": len(reft_model.interventions),
+        "rank": RANK,
+        "trainable_params": sum(p.numel() for p in reft_model.parameters() if p.requires_grad),
+        "n_heldout": len(heldout),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "threads": args.threads,
+        "seed": args.seed,
+        "epoch_s": timer.epoch_s,
+        "epoch_cpu_util": [c / w for c, w in zip(timer.epoch_cpu_s, timer.epoch_s)],
+        "examples_per_s": statistics.median(n / s for s in timer.epoch_s),
+        "tokens_per_s": statistics.median(n_tokens / s for s in timer.epoch_s),
+        "epoch_mean_loss": losses,
+        "final_epoch_loss": losses[-1],
+        "exact_match": n_ok / len(heldout),
+        "heldout_samples": samples,
+        "generation": {"max_new_tokens": args.max_new_tokens, "prompts": len(gen_texts), **gen},
+        "peak_rss_mib_after_train": rss_train,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "total_s": time.perf_counter() - t_start,
+        "machine_load": {"start": load_start, "end": machine_load()},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "reft": version("reft"),
+        },
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    Path(args.out).write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
