@@ -28,7 +28,7 @@ from reft.suite import run_task  # noqa: E402
 TASKS = {
     "boolq": ("boolq", 200, 200, 12),
     "arc_e": ("arc_e", 100, 100, 12),
-    "svamp": ("math_data_3k", 100, 50, 128),
+    "svamp": ("math_data_3k", 80, 40, 128),
 }
 METHODS = ("loreft", "lora", "direft")  # DiReFT last: the first to drop if the CPU budget runs out
 SEED = 0

@@ -59,7 +59,8 @@ class LossLog(TrainerCallback):
             control.should_save = True
 
 
-def make_trainer(out_dir, *, config: ReftConfig | None = None, data=None, model=None, callbacks=(), **args):
+def make_trainer(out_dir, *, config: ReftConfig | None = None, data=None, model=None, callbacks=(), eval_data=None,
+                 **args):
     """A ReftTrainer on a fresh tiny Llama (seeded), logging every step, CPU only."""
     torch.manual_seed(0)
     config = config or ReftConfig(layers="1;2", positions="f2+l2", tied=False, rank=4, dropout=0.3)
@@ -69,7 +70,8 @@ def make_trainer(out_dir, *, config: ReftConfig | None = None, data=None, model=
                     use_cpu=True, remove_unused_columns=False, warmup_steps=1, weight_decay=0.01)
     training_args = TrainingArguments(**(defaults | args))
     return ReftTrainer(model=reft_model, args=training_args, train_dataset=data if data is not None else
-                       token_examples(), data_collator=ReftDataCollator(0), callbacks=list(callbacks))
+                       token_examples(), eval_dataset=eval_data, data_collator=ReftDataCollator(0),
+                       callbacks=list(callbacks))
 
 
 def intervention_state(trainer) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from _reliability_common import LossLog, intervention_state, make_trainer, one_thread  # noqa: F401
+from _reliability_common import LossLog, intervention_state, make_trainer, one_thread, token_examples  # noqa: F401
 from conftest import tiny_llama
 
 import reft.trainer as reft_trainer
@@ -179,3 +179,21 @@ def test_save_model_into_output_dir_keeps_the_checkpoints(tmp_path):
     trainer.save_model()  # the usual HF call: adapter files next to the checkpoint folders
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", "reft_config.json", WEIGHTS_NAME]
     ReftModel.from_pretrained(tiny_llama(init=0.2), tmp_path)
+
+
+@pytest.mark.parametrize("greater_is_better,best_step", [(False, 6), (True, 2)])  # the loss falls: 6 lowest, 2 highest
+def test_rotation_and_best_checkpoint_work_with_atomic_saves(tmp_path, greater_is_better, best_step):
+    data = token_examples()
+    trainer = make_trainer(tmp_path, data=data, eval_data=data[:4], eval_strategy="steps", eval_steps=2,
+                           save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="loss",
+                           greater_is_better=greater_is_better)
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best == str(tmp_path / f"checkpoint-{best_step}") and os.path.isdir(best)
+    kept = _checkpoints(tmp_path)
+    assert os.path.basename(best) in kept and len(kept) <= 2
+    assert not any(d.startswith(".") for d in os.listdir(tmp_path))  # no staging or swap folder left
+    # the best checkpoint's weights are what the trainer ended with (load_best_model_at_end)
+    loaded = ReftModel.from_pretrained(tiny_llama(init=0.2), best)
+    for key, value in loaded.interventions.state_dict().items():
+        assert torch.equal(value, trainer.model.interventions.state_dict()[key]), key
