@@ -14,17 +14,25 @@ Settings (SmolLM2-135M-Instruct, fp32, CPU, LoReFT rank 4 on block_output):
 
 Training is `pyreft.ReftTrainerForCausalLM` with `transformers.TrainingArguments` as in the README. The same
 examples in the same order as the reft side: `get_train_dataloader` is overridden to call pyreft's own
-`make_dataloader(..., shuffle=False)` (pyreft's version passes shuffle=True with an unseeded sampler), so batches
-are task order, 8 at a time. Measured: per-epoch wall time (Trainer callbacks) -> examples/s and tokens/s
-(non-pad tokens, prompt included), median over epochs; mean loss of the final epoch; peak RSS; held-out exact
-match with greedy generation through `reft_model.generate` (batches of 16, left padding, pyreft's location
-convention); generation time for 16 prompts x 32 new tokens batched and one at a time, ReFT vs the bare model.
+`make_dataloader(..., shuffle=False)` (pyreft's version passes shuffle=True, drawing the order from torch's
+global RNG), so batches are task order, 8 at a time.
+
+Measured: per-epoch wall time (Trainer callbacks) -> examples/s and tokens/s (non-pad tokens, prompt included),
+median over epochs; mean loss of the final epoch; peak RSS; held-out exact match with greedy generation through
+`reft_model.generate` (batches of 16, left padding, pyreft's location convention); generation time for 16
+prompts x 32 new tokens batched and one at a time, ReFT vs the bare model.
 
 pyreft / pyvene quirks worked around (also written to the JSON "notes"):
   * transformers >= 4.46 calls compute_loss(model, inputs, num_items_in_batch=...): pyreft's signature has no
     **kwargs -> shim subclass; transformers 5 removed Trainer(tokenizer=) -> processing_class=.
   * LoreftIntervention makes its learned_source Linear bfloat16 unless dtype= is given -> pass dtype=float32.
-  * ReftTrainerForCausalLM shuffles with an unseeded DataLoader -> overridden for a fixed order (see above).
+  * ReftTrainerForCausalLM always shuffles -> overridden for a fixed order (see above).
+  * pyreft tokenizes with max_length=tokenizer.model_max_length; this tokenizer's saved value (1e30) overflows the
+    fast tokenizer -> set to 2048, as the README's from_pretrained(model_max_length=2048) does.
+  * not triggered here (prompts are >= 47 tokens): for prompts shorter than 2 x 7 tokens,
+    make_multiple_position_supervised_data_module pads the location lists with prompt_len (pad_mode="last"),
+    i.e. the first response token, a position that does not exist when generating.
+Generation timing forces exactly --max-new-tokens tokens (min_new_tokens) so ReFT and bare do the same work.
   * pyreft's batched-generation examples find left-padding offsets through BOS tokens; this tokenizer's BOS is
     <|im_start|>, which occurs several times per chat prompt -> offsets are taken from the attention mask.
 """
@@ -58,7 +66,7 @@ NOTES = [
     "compute_loss shim: transformers>=4.46 passes num_items_in_batch; pyreft 0.1.0's compute_loss has no **kwargs",
     "Trainer(tokenizer=) is gone in transformers 5: processing_class= used",
     "LoreftIntervention defaults learned_source to bfloat16: dtype=torch.float32 passed explicitly",
-    "ReftTrainerForCausalLM.get_train_dataloader shuffles (unseeded): overridden with pyreft.make_dataloader("
+    "ReftTrainerForCausalLM.get_train_dataloader always shuffles: overridden with pyreft.make_dataloader("
     "shuffle=False) so batches follow task order",
     "generation: left padding; intervention offsets from the attention mask (pyreft examples use BOS positions, "
     "but this tokenizer's BOS <|im_start|> occurs several times per prompt)",
@@ -307,6 +315,7 @@ def main(argv=None):
         "examples_per_cpu_s": statistics.median(n / c for c in timer.epoch_cpu_s),
         "examples_per_s": statistics.median(n / s for s in timer.epoch_s),
         "tokens_per_s": statistics.median(n_tokens / s for s in timer.epoch_s),
+        "examples_per_s_best_epoch": n / min(timer.epoch_s),  # least disturbed by other load on the machine
         "epoch_mean_loss": [statistics.fmean(v) for v in trainer.epoch_losses],
         "final_epoch_loss": statistics.fmean(trainer.epoch_losses[-1]),
         "exact_match": n_ok / len(heldout),

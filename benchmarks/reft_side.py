@@ -103,6 +103,7 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit-train", type=int, default=None)
+    ap.add_argument("--limit-heldout", type=int, default=None)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--gen-batch", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=32)
@@ -114,6 +115,7 @@ def main(argv=None):
     model, tokenizer = load_model("smollm2")
     train, heldout = task.make_task()
     train = train[: args.limit_train] if args.limit_train else train
+    heldout = heldout[: args.limit_heldout] if args.limit_heldout else heldout
     dataset = make_supervised_dataset(
         tokenizer, [task.render(tokenizer, e["prompt"]) for e in train], [e["response"] for e in train]
     )

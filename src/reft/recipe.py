@@ -120,7 +120,8 @@ def train_reft(
     reft_model = get_reft_model(model, config)
     if settings.gradient_checkpointing:
         reft_model.gradient_checkpointing_enable()
-    dataset = make_supervised_dataset(tokenizer, prompts, responses, max_length=settings.max_length)
+    dataset = make_supervised_dataset(tokenizer, prompts, responses, max_length=settings.max_length,
+                                      positions=config.positions)
     args = training_arguments(settings, os.path.join(out_dir, "checkpoints"), progress=progress)
     log = _LossLog()
     trainer = ReftTrainer(model=reft_model, args=args, train_dataset=dataset, callbacks=[log],
