@@ -29,6 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
+	bash benchmarks/peer_env.sh
 	$(BIN)/python benchmarks/run.py
 
 clean:

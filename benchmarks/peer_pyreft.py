@@ -55,13 +55,11 @@ import torch
 import transformers
 from pyreft.reft_trainer import make_dataloader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "examples")]
+import extraction_task as task  # noqa: E402
 import model_cache  # noqa: E402
-import task  # noqa: E402
+from common import LAYERS, POSITIONS, RANK, Timer, machine_load  # noqa: E402
 
-LAYERS = {"a": [15], "b": [3, 9, 15, 21], "c": [3, 9, 15, 21]}
-POSITIONS = {"a": "l1", "b": "f7+l7", "c": "f7+l7"}
-RANK = 4
 NOTES = [
     "compute_loss shim: transformers>=4.46 passes num_items_in_batch; pyreft 0.1.0's compute_loss has no **kwargs",
     "Trainer(tokenizer=) is gone in transformers 5: processing_class= used",
@@ -75,33 +73,6 @@ NOTES = [
     "make_last_position_supervised_data_module intervenes at prompt_len-1 (the last prompt token, '\\n' after "
     "'assistant'); generation uses the same position",
 ]
-
-
-class Timer(transformers.TrainerCallback):
-    """Wall time of each epoch, and this process's CPU time over it (cpu/wall near --threads means no contention)."""
-
-    def __init__(self):
-        self.epoch_s: list[float] = []
-        self.epoch_cpu_s: list[float] = []
-        self._t0 = self._c0 = 0.0
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self._t0, self._c0 = time.perf_counter(), time.process_time()
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        self.epoch_s.append(time.perf_counter() - self._t0)
-        self.epoch_cpu_s.append(time.process_time() - self._c0)
-
-
-def machine_load() -> dict:
-    """Load average and CPU pressure: other processes on this small machine skew every timing."""
-    out = {"loadavg_1m": os.getloadavg()[0]}
-    try:
-        some = Path("/proc/pressure/cpu").read_text().split("\n")[0].split()
-        out["cpu_pressure_some_avg60"] = float(some[2].split("=")[1])
-    except (OSError, IndexError, ValueError):
-        pass
-    return out
 
 
 class Trainer(pyreft.ReftTrainerForCausalLM):

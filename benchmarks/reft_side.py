@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 import transformers
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import task  # noqa: E402
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "examples")]
+import extraction_task as task  # noqa: E402
 from common import LAYERS, POSITIONS, RANK, Timer, machine_load  # noqa: E402
 
 from reft import ReftConfig, get_reft_model  # noqa: E402
