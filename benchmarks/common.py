@@ -34,6 +34,21 @@ class Timer(transformers.TrainerCallback):
         self.epoch_cpu_s.append(time.process_time() - self._c0)
 
 
+def add_run_args(ap) -> None:
+    """The options both sides take, with the benchmark's defaults (the same for both)."""
+    ap.add_argument("--setting", choices="abc", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=4e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--limit-train", type=int, default=None)
+    ap.add_argument("--limit-heldout", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--gen-batch", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+
+
 def machine_load() -> dict:
     """Load average and CPU pressure: other processes on this small machine skew every timing."""
     out = {"loadavg_1m": os.getloadavg()[0]}

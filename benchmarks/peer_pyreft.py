@@ -58,7 +58,7 @@ from pyreft.reft_trainer import make_dataloader
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "examples")]
 import extraction_task as task  # noqa: E402
 import model_cache  # noqa: E402
-from common import LAYERS, POSITIONS, RANK, Timer, machine_load  # noqa: E402
+from common import LAYERS, POSITIONS, RANK, Timer, add_run_args, machine_load  # noqa: E402
 
 NOTES = [
     "compute_loss shim: transformers>=4.46 passes num_items_in_batch; pyreft 0.1.0's compute_loss has no **kwargs",
@@ -174,17 +174,7 @@ def generate(reft_model, tokenizer, setting, n_interventions, texts, max_new_tok
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--setting", choices="abc", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=4e-3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--limit-train", type=int, default=None)
-    ap.add_argument("--limit-heldout", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--gen-batch", type=int, default=16)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
+    add_run_args(ap)
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)

@@ -26,7 +26,7 @@ import transformers
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "examples")]
 import extraction_task as task  # noqa: E402
-from common import LAYERS, POSITIONS, RANK, Timer, machine_load  # noqa: E402
+from common import LAYERS, POSITIONS, RANK, Timer, add_run_args, machine_load  # noqa: E402
 
 from reft import ReftConfig, get_reft_model  # noqa: E402
 from reft.data import ReftDataCollator, make_supervised_dataset  # noqa: E402
@@ -95,18 +95,8 @@ def generate(reft_model, tokenizer, texts, max_new_tokens, bare=False):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--setting", choices="abc", required=True)
-    ap.add_argument("--out", required=True)
     ap.add_argument("--floor", action="store_true", help="measure the frozen-model floor instead")
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=4e-3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--limit-train", type=int, default=None)
-    ap.add_argument("--limit-heldout", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--gen-batch", type=int, default=16)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
+    add_run_args(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     transformers.set_seed(args.seed)

@@ -21,13 +21,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from common import DESCRIPTION, machine_load  # noqa: E402
+from common import DESCRIPTION, LAYERS, machine_load  # noqa: E402
 
 PEER_PY = HERE / ".peer-venv" / "bin" / "python"
 OUT = HERE / "results"
 
 
-def run(cmd: list[str], out: Path) -> dict:
+def run(cmd: list[str], out: Path, reuse: bool = False) -> dict:
+    if reuse and out.exists():
+        print(f"reusing {out}", flush=True)
+        return json.loads(out.read_text())
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
@@ -98,6 +101,8 @@ def main() -> int:
     ap.add_argument("--settings", default="abc")
     ap.add_argument("--limit-train", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep runs already in benchmarks/results/raw (e.g. to finish an interrupted benchmark)")
     args = ap.parse_args()
     if not PEER_PY.exists():
         print(f"no peer venv at {PEER_PY}: run 'bash benchmarks/peer_env.sh' first", file=sys.stderr)
@@ -110,10 +115,12 @@ def main() -> int:
     results = {"settings": {}, "threads": args.threads, "machine_load_start": machine_load()}
     for s in args.settings:
         peer = run([str(PEER_PY), str(HERE / "peer_pyreft.py"), "--setting", s, "--out", str(tmp / f"pyreft_{s}.json")]
-                   + extra, tmp / f"pyreft_{s}.json")
-        reft = run(reft_py + ["--setting", s, "--out", str(tmp / f"reft_{s}.json")] + extra, tmp / f"reft_{s}.json")
-        fl = run(reft_py + ["--setting", s, "--floor", "--out", str(tmp / f"floor_{s}.json")] + extra,
-                 tmp / f"floor_{s}.json")
+                   + extra, tmp / f"pyreft_{s}.json", args.reuse)
+        reft = run(reft_py + ["--setting", s, "--out", str(tmp / f"reft_{s}.json")] + extra, tmp / f"reft_{s}.json",
+                   args.reuse)
+        # the floor depends only on the lowest intervened layer: settings b and c share it
+        floor_file = tmp / f"floor_layer{min(LAYERS[s])}.json"
+        fl = run(reft_py + ["--setting", s, "--floor", "--out", str(floor_file)] + extra, floor_file, True)
         results["settings"][s] = {"pyreft": peer, "reft": reft, "floor": fl, "ratios": ratios(reft, peer, fl)}
         results |= {"n_train": reft["n_train"], "n_heldout": reft["n_heldout"],
                     "versions": {"reft": reft["versions"]["reft"], "pyreft": peer["versions"]["pyreft"],

@@ -59,16 +59,11 @@ class ConsReFT(Intervention):
         return (self.bias - h @ r) @ r.T
 
 
-class LoBiReFT(Intervention):
-    """Φ(h) = h + Rᵀ b: a learned bias restricted to a rank-r subspace.
+class LoBiReFT(ConsReFT):
+    """Φ(h) = h + Rᵀ b: a learned bias restricted to a rank-r subspace (ConsReFT's parameters, no −R h term).
 
     Parameters: d·r + r.
     """
-
-    def __init__(self, embed_dim: int, rank: int, **kwargs) -> None:
-        super().__init__(embed_dim, rank, **kwargs)
-        self.rotate = OrthonormalBasis(embed_dim, rank, self.dtype)
-        self.bias = nn.Parameter(torch.zeros(rank, dtype=self.dtype))
 
     def edit(self, h: torch.Tensor) -> torch.Tensor:
         return (self.bias @ self.rotate().T).expand_as(h)
