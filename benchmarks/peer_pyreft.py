@@ -58,7 +58,7 @@ from pyreft.reft_trainer import make_dataloader
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "examples")]
 import extraction_task as task  # noqa: E402
 import model_cache  # noqa: E402
-from common import LAYERS, POSITIONS, RANK, Timer, add_run_args, machine_load  # noqa: E402
+from common import LAYERS, POSITIONS, RANK, Timer, add_run_args, machine_load, time_generation  # noqa: E402
 
 NOTES = [
     "compute_loss shim: transformers>=4.46 passes num_items_in_batch; pyreft 0.1.0's compute_loss has no **kwargs",
@@ -234,23 +234,10 @@ def main(argv=None):
     # generation speed: 16 prompts x max_new_tokens (forced with min_new_tokens), batched and one at a time.
     # ReFT and bare runs alternate (bare = the same model with no pyvene hooks), so a burst of load elsewhere on
     # the machine hits both; the batched call is run twice per kind and the faster kept.
-    gen_texts = texts[: args.gen_batch]
-    gen_kw = dict(max_new_tokens=args.max_new_tokens, force=True)
-    for bare in (False, True):  # warm-up
-        generate(reft_model, tokenizer, args.setting, n_int, gen_texts[:2], 4, bare=bare)
-    b = f"batch{args.gen_batch}"
-    gen = {f"{b}_reft_s": float("inf"), f"{b}_bare_s": float("inf"), "batch1_reft_s": 0.0, "batch1_bare_s": 0.0}
-    for _ in range(2):
-        for bare, name in ((False, "reft"), (True, "bare")):
-            _, s = generate(reft_model, tokenizer, args.setting, n_int, gen_texts, bare=bare, **gen_kw)
-            gen[f"{b}_{name}_s"] = min(gen[f"{b}_{name}_s"], s)
-    for t in gen_texts:
-        for bare, name in ((False, "reft"), (True, "bare")):
-            gen[f"batch1_{name}_s"] += generate(reft_model, tokenizer, args.setting, n_int, [t], bare=bare, **gen_kw)[
-                1
-            ]
-    gen[f"{b}_ratio"] = gen[f"{b}_reft_s"] / gen[f"{b}_bare_s"]
-    gen["batch1_ratio"] = gen["batch1_reft_s"] / gen["batch1_bare_s"]
+    def timed(t, n, bare):
+        return generate(reft_model, tokenizer, args.setting, n_int, t, n, bare=bare, force=True)[1]
+
+    gen = time_generation(timed, texts, args.gen_batch, args.max_new_tokens)
 
     n = len(train)
     result = {
@@ -281,7 +268,7 @@ def main(argv=None):
         "final_epoch_loss": statistics.fmean(trainer.epoch_losses[-1]),
         "exact_match": n_ok / len(heldout),
         "heldout_samples": samples,
-        "generation": {"max_new_tokens": args.max_new_tokens, "prompts": len(gen_texts), **gen},
+        "generation": gen,
         "peak_rss_mib_after_train": rss_train,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "total_s": time.perf_counter() - t_start,

@@ -26,7 +26,7 @@ import transformers
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "examples")]
 import extraction_task as task  # noqa: E402
-from common import LAYERS, POSITIONS, RANK, Timer, add_run_args, machine_load  # noqa: E402
+from common import LAYERS, POSITIONS, RANK, Timer, add_run_args, machine_load, time_generation  # noqa: E402
 
 from reft import ReftConfig, get_reft_model  # noqa: E402
 from reft.data import ReftDataCollator, make_supervised_dataset  # noqa: E402
@@ -165,21 +165,8 @@ def main(argv=None):
             if len(samples) < 3:
                 samples.append(text.split(task.EOS)[0])
 
-    gen_texts = texts[: args.gen_batch]
-    for bare in (False, True):
-        generate(reft_model, tokenizer, gen_texts[:2], 4, bare=bare)  # warm-up
-    b = f"batch{args.gen_batch}"
-    gen = {f"{b}_reft_s": float("inf"), f"{b}_bare_s": float("inf"), "batch1_reft_s": 0.0, "batch1_bare_s": 0.0}
-    for _ in range(2):
-        for bare, name in ((False, "reft"), (True, "bare")):
-            gen[f"{b}_{name}_s"] = min(
-                gen[f"{b}_{name}_s"], generate(reft_model, tokenizer, gen_texts, args.max_new_tokens, bare)[1]
-            )
-    for t in gen_texts:
-        for bare, name in ((False, "reft"), (True, "bare")):
-            gen[f"batch1_{name}_s"] += generate(reft_model, tokenizer, [t], args.max_new_tokens, bare)[1]
-    gen[f"{b}_ratio"] = gen[f"{b}_reft_s"] / gen[f"{b}_bare_s"]
-    gen["batch1_ratio"] = gen["batch1_reft_s"] / gen["batch1_bare_s"]
+    gen = time_generation(lambda t, n, bare: generate(reft_model, tokenizer, t, n, bare)[1], texts, args.gen_batch,
+                          args.max_new_tokens)
 
     n = len(train)
     losses = [statistics.fmean(trainer.epoch_losses[k]) for k in sorted(trainer.epoch_losses)]
@@ -204,7 +191,7 @@ def main(argv=None):
         "final_epoch_loss": losses[-1],
         "exact_match": n_ok / len(heldout),
         "heldout_samples": samples,
-        "generation": {"max_new_tokens": args.max_new_tokens, "prompts": len(gen_texts), **gen},
+        "generation": gen,
         "peak_rss_mib_after_train": rss_train,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "total_s": time.perf_counter() - t_start,
