@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -33,6 +35,19 @@ class Timer(transformers.TrainerCallback):
         self.epoch_s.append(time.perf_counter() - self._t0)
         self.epoch_cpu_s.append(time.process_time() - self._c0)
 
+    def figures(self, args, n: int, n_tokens: int) -> dict:
+        """The run's settings and training-speed figures (medians over epochs), as both sides report them."""
+        return {
+            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads,
+            "seed": args.seed, "epoch_s": self.epoch_s,
+            "epoch_cpu_util": [c / w for c, w in zip(self.epoch_cpu_s, self.epoch_s)],
+            # examples per second of this process's CPU time (× threads = the ideal wall rate)
+            "examples_per_cpu_s": statistics.median(n / c for c in self.epoch_cpu_s),
+            "examples_per_s": statistics.median(n / s for s in self.epoch_s),
+            "tokens_per_s": statistics.median(n_tokens / s for s in self.epoch_s),
+            "examples_per_s_best_epoch": n / min(self.epoch_s),  # least disturbed by other load on the machine
+        }
+
 
 def add_run_args(ap) -> None:
     """The options both sides take, with the benchmark's defaults (the same for both)."""
@@ -47,6 +62,31 @@ def add_run_args(ap) -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--gen-batch", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=32)
+
+
+def training_args(args, output_dir: str, **extra) -> transformers.TrainingArguments:
+    """The Trainer settings both sides train with: no logging, no saving, CPU, the run's seed."""
+    return transformers.TrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        logging_steps=10**9,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=args.seed,
+        disable_tqdm=True,
+        **extra,
+    )
+
+
+def emit(result: dict, out: str) -> dict:
+    """Print the result JSON and write it to ``out``."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    Path(out).write_text(text + "\n")
+    return result
 
 
 def machine_load() -> dict:

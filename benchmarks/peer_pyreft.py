@@ -40,7 +40,6 @@ Generation timing forces exactly --max-new-tokens tokens (min_new_tokens) so ReF
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -58,7 +57,7 @@ from pyreft.reft_trainer import make_dataloader
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "examples")]
 import extraction_task as task  # noqa: E402
 import model_cache  # noqa: E402
-from common import LAYERS, POSITIONS, RANK, Timer, add_run_args, machine_load, time_generation  # noqa: E402
+from common import LAYERS, POSITIONS, RANK, Timer, add_run_args, emit, machine_load, time_generation, training_args  # noqa: E402
 
 NOTES = [
     "compute_loss shim: transformers>=4.46 passes num_items_in_batch; pyreft 0.1.0's compute_loss has no **kwargs",
@@ -198,18 +197,7 @@ def main(argv=None):
     dm = data_module(tokenizer, model, args.setting, prompts, responses, n_int)
     n_tokens = sum(len(ids) for ids in dm["train_dataset"]["input_ids"])
 
-    targs = transformers.TrainingArguments(
-        output_dir="/tmp/peer_pyreft_out",
-        num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr,
-        logging_steps=10**9,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=args.seed,
-        disable_tqdm=True,
-    )
+    targs = training_args(args, "/tmp/peer_pyreft_out")
     timer = Timer()
     trainer = Trainer(model=reft_model, processing_class=tokenizer, args=targs, callbacks=[timer], **dm)
     trainer.epoch_losses = []
@@ -252,18 +240,7 @@ def main(argv=None):
         "n_train": n,
         "n_heldout": len(heldout),
         "train_tokens_per_epoch": n_tokens,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "threads": args.threads,
-        "seed": args.seed,
-        "epoch_s": timer.epoch_s,
-        "epoch_cpu_util": [c / w for c, w in zip(timer.epoch_cpu_s, timer.epoch_s)],
-        # contention-robust-ish: examples per second of this process's CPU time (x threads = ideal wall rate)
-        "examples_per_cpu_s": statistics.median(n / c for c in timer.epoch_cpu_s),
-        "examples_per_s": statistics.median(n / s for s in timer.epoch_s),
-        "tokens_per_s": statistics.median(n_tokens / s for s in timer.epoch_s),
-        "examples_per_s_best_epoch": n / min(timer.epoch_s),  # least disturbed by other load on the machine
+        **timer.figures(args, n, n_tokens),
         "epoch_mean_loss": [statistics.fmean(v) for v in trainer.epoch_losses],
         "final_epoch_loss": statistics.fmean(trainer.epoch_losses[-1]),
         "exact_match": n_ok / len(heldout),
@@ -282,10 +259,7 @@ def main(argv=None):
         },
         "notes": NOTES,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    Path(args.out).write_text(text + "\n")
-    return result
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import transformers
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "examples")]
 import extraction_task as task  # noqa: E402
-from common import LAYERS, POSITIONS, RANK, Timer, add_run_args, machine_load, time_generation  # noqa: E402
+from common import LAYERS, POSITIONS, RANK, Timer, add_run_args, emit, machine_load, time_generation, training_args  # noqa: E402
 
 from reft import ReftConfig, get_reft_model  # noqa: E402
 from reft.data import ReftDataCollator, make_supervised_dataset  # noqa: E402
@@ -127,19 +127,7 @@ def main(argv=None):
         intervention="loreft",
     )
     reft_model = get_reft_model(model, cfg)
-    targs = transformers.TrainingArguments(
-        output_dir="/tmp/reft_bench_out",
-        num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr,
-        logging_steps=10**9,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=args.seed,
-        disable_tqdm=True,
-        remove_unused_columns=False,
-    )
+    targs = training_args(args, "/tmp/reft_bench_out", remove_unused_columns=False)
     timer = Timer()
     trainer = Trainer(
         model=reft_model,
@@ -178,15 +166,7 @@ def main(argv=None):
         "rank": RANK,
         "trainable_params": sum(p.numel() for p in reft_model.parameters() if p.requires_grad),
         "n_heldout": len(heldout),
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "threads": args.threads,
-        "seed": args.seed,
-        "epoch_s": timer.epoch_s,
-        "epoch_cpu_util": [c / w for c, w in zip(timer.epoch_cpu_s, timer.epoch_s)],
-        "examples_per_s": statistics.median(n / s for s in timer.epoch_s),
-        "tokens_per_s": statistics.median(n_tokens / s for s in timer.epoch_s),
+        **timer.figures(args, n, n_tokens),
         "epoch_mean_loss": losses,
         "final_epoch_loss": losses[-1],
         "exact_match": n_ok / len(heldout),
@@ -203,10 +183,7 @@ def main(argv=None):
             "reft": version("reft"),
         },
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    Path(args.out).write_text(text + "\n")
-    return result
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

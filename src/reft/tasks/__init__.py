@@ -75,24 +75,15 @@ _NOTES = {
 
 def _build_registry() -> dict[str, TaskSpec]:
     tasks: dict[str, TaskSpec] = {}
-    for name, files in commonsense.COMMONSENSE_FILES.items():
-        tasks[name] = TaskSpec(
-            name=name,
-            family="commonsense",
-            splits=tuple(files),
-            load=partial(commonsense.load_commonsense, name),
-            format=commonsense.format_commonsense,
-            score=commonsense.score_commonsense,
-        )
-    for name, files in math_tasks.MATH_FILES.items():
-        tasks[name] = TaskSpec(
-            name=name,
-            family="math",
-            splits=tuple(files),
-            load=partial(math_tasks.load_math, name),
-            format=math_tasks.format_math,
-            score=math_tasks.score_math,
-        )
+    generation_families = (
+        ("commonsense", commonsense.COMMONSENSE_FILES, commonsense.load_commonsense, commonsense.format_commonsense,
+         commonsense.score_commonsense),
+        ("math", math_tasks.MATH_FILES, math_tasks.load_math, math_tasks.format_math, math_tasks.score_math),
+    )
+    for family, table, load, fmt, score in generation_families:
+        for name, files in table.items():
+            tasks[name] = TaskSpec(name=name, family=family, splits=tuple(files), load=partial(load, name),
+                                   format=fmt, score=score)
     for name in glue.GLUE_FIELDS:
         tasks[name] = TaskSpec(
             name=name,
