@@ -7,7 +7,7 @@ import torch
 from conftest import DECODERS, ENCODERS, random_batch, tiny_bert, tiny_llama
 from torch import nn
 
-from reft import ReftConfig, get_reft_model
+from reft import ReftConfig, ReftModel, get_reft_model
 from reft.data import ReftDataCollator
 from reft.model.layers import find_layers
 
@@ -205,26 +205,50 @@ def _shared_prefix_batch(prefix: int, prompts=(6, 2, 9), response=4):
     return ReftDataCollator(pad_token_id=0)(data)
 
 
+def _prompt_is_prefix_batch():
+    """Row 0's prompt + first response token equal row 1's prompt: the shared prefix would swallow row 0's first
+    predicting position unless it stops before it."""
+    ids = [[5, 6, 7, 8, 9, 10], [5, 6, 7, 8, 11, 12, 13]]
+    data = [{"input_ids": ids[0], "labels": [-100] * 3 + ids[0][3:], "prompt_lengths": 3},
+            {"input_ids": ids[1], "labels": [-100] * 4 + ids[1][4:], "prompt_lengths": 4}]
+    return ReftDataCollator(pad_token_id=0)(data)
+
+
 @pytest.mark.parametrize("arch", sorted(DECODERS))
-@pytest.mark.parametrize("positions,batch_kind,expect_offset", [
-    ("l1", "random", 8),         # frozen prefix: first edit at the shortest prompt's last token (9 - 1)
-    ("l3", "random", 6),
-    ("f2+l2", "shared", 8),      # shared prefix of 8 tokens, edited at 0 and 1 in every row: computed once
-    ("l2", "shared", 8),         # shared and frozen
-    ("f3+l3", "short", 3),       # one row is edited at 3, inside the 4-token shared prefix: sharing stops at 3
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("positions,batch_kind,expect_offset,prefix_row", [
+    ("l1", "random", 8, False),         # frozen prefix: first edit at the shortest prompt's last token (9 - 1)
+    ("l3", "random", 6, False),
+    ("f2+l2", "shared", 8, True),       # shared prefix of 8 tokens, edited at 0 and 1 in every row: computed once
+    ("l2", "shared", 8, False),         # shared and frozen
+    ("f3+l3", "short", 3, True),        # one row is edited at 3, inside the 4-token shared prefix: sharing stops at 3
+    ("f2+l2", "long_prefix", 11, True),  # prefix longer than every rest; stops at 11, where a row is edited
+    ("f1", "prompt_is_prefix", 2, True),  # row 0 predicts from position 2: sharing stops there
 ])
-def test_chunked_loss_is_exact(arch, positions, batch_kind, expect_offset):
-    """Chunking the sequence (shared prefix once, frozen part without autograd) changes no loss or gradient."""
+def test_chunked_loss_is_exact(arch, attn, positions, batch_kind, expect_offset, prefix_row, monkeypatch):
+    """Chunking the sequence (shared prefix once, frozen part without autograd) changes no loss or gradient.
+
+    With SDPA a shared prefix that holds edits runs as an extra row of the same forward (``prefix_row``); with eager
+    attention it runs first and its KV cache is repeated.
+    """
     results = []
+    calls = []
+    original = ReftModel._prefix_row_hidden
+    monkeypatch.setattr(ReftModel, "_prefix_row_hidden", lambda *a: calls.append(1) or original(*a))
     for chunked in (False, True):
-        reft_model = get_reft_model(DECODERS[arch](), ReftConfig(layers=[0, 2], positions=positions, rank=2,
-                                                                  tied=False))
+        model = DECODERS[arch]()
+        model.config._attn_implementation = attn
+        reft_model = get_reft_model(model, ReftConfig(layers=[0, 2], positions=positions, rank=2, tied=False))
         _nonzero_init(reft_model)
         reft_model.split_frozen_prefix = chunked
         if batch_kind == "random":
             batch = _lm_batch(prompt=9)  # prompts of 9 and 10 tokens
         elif batch_kind == "shared":
             batch = _shared_prefix_batch(8)
+        elif batch_kind == "long_prefix":
+            batch = _shared_prefix_batch(12, prompts=(3, 5, 1), response=3)
+        elif batch_kind == "prompt_is_prefix":
+            batch = _prompt_is_prefix_batch()
         else:
             batch = _shared_prefix_batch(4, prompts=(6, 2, 9))
         out = reft_model(**batch)
@@ -233,8 +257,9 @@ def test_chunked_loss_is_exact(arch, positions, batch_kind, expect_offset):
         if chunked:
             reft_model.set_positions(batch["attention_mask"], batch["prompt_lengths"])
             with torch.no_grad():
-                _, offset = reft_model._decoder_hidden(batch["input_ids"], batch["attention_mask"])
+                _, offset = reft_model._decoder_hidden(batch["input_ids"], batch["attention_mask"], batch["labels"])
             assert offset == expect_offset
+            assert bool(calls) == (prefix_row and attn == "sdpa")
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -19,7 +19,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassi
 
 from ..config import ReftConfig
 from ..interventions import get_intervention_class
+from ..loss import linear_cross_entropy
 from ..positions import parse_positions, prompt_positions
+from .attention import shared_prefix_attention, shared_prefix_mask, supports_shared_prefix
 from .hooks import InterventionContext, register_intervention_hook
 from .layers import component_module, find_layers, model_dims
 
@@ -193,36 +195,40 @@ class ReftModel(nn.Module):
         )
 
     def _sparse_lm_loss(self, input_ids, attention_mask, labels, num_items_in_batch, **kwargs):
-        hidden, offset = self._decoder_hidden(input_ids, attention_mask, **kwargs)
+        hidden, offset = self._decoder_hidden(input_ids, attention_mask, labels, **kwargs)
         targets = labels[:, offset + 1:]
         keep = targets != -100  # [B, T-1-offset]
         h = hidden[:, :-1][keep]  # [N, d]: only positions that predict a label
-        logits = transformers_model(self.model).get_output_embeddings()(h).float()
-        loss = F.cross_entropy(logits, targets[keep], reduction="sum")
+        head = transformers_model(self.model).get_output_embeddings()
+        loss = linear_cross_entropy(h, head.weight, targets[keep], head.bias)  # no [N, vocab] logits kept
         denom = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
         if isinstance(denom, torch.Tensor):
             denom = denom.to(loss.device)
         return CausalLMOutputWithPast(loss=loss / denom, logits=None)
 
-    def _decoder_hidden(self, input_ids, attention_mask, **kwargs) -> tuple[torch.Tensor, int]:
+    def _decoder_hidden(self, input_ids, attention_mask, labels=None, **kwargs) -> tuple[torch.Tensor, int]:
         """Last hidden states from position ``offset`` on, computing only what differs from work done elsewhere.
 
         Attention is causal, so a token's hidden states depend only on the tokens up to it. Two exact savings follow:
 
         * a prefix shared by every row (a chat template's system prompt, a fixed instruction), in which every row
-          is edited at the same positions, is the same computation in every row: it runs once, for row 0, and its
-          keys/values are repeated for the batch (gradients flow back through the repeat);
+          is edited at the same positions, is the same computation in every row: it runs once. When it holds edits
+          (and the model uses SDPA) it is an extra row of the same forward whose keys/values every other row
+          attends to (:mod:`reft.model.attention`); otherwise it runs first, for one row, and its KV cache is
+          repeated for the batch (gradients flow back through the repeat);
         * tokens before the first edited position ``c`` are the frozen model's computation: they run without
           autograd, so backward stops at ``c``.
 
-        The rest runs with the cached keys/values. ``offset`` = where that rest starts.
+        The rest runs after them (with the cached keys/values). ``offset`` = where that rest starts.
         """
         base = self.model.base_model
         positions = self._ctx.positions
-        shared, split = self._chunk_bounds(input_ids, attention_mask, positions)
+        shared, split = self._chunk_bounds(input_ids, attention_mask, positions, labels)
         if max(shared, split) < 2:
             out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
             return out.last_hidden_state, 0
+        if shared >= 2 and split < shared and not kwargs and supports_shared_prefix(base.config):
+            return self._prefix_row_hidden(base, input_ids, attention_mask, positions, shared), shared
         cache = None
         if shared >= 2:  # chunk 1: the shared prefix, once
             self._ctx.positions = positions[:1].masked_fill(positions[:1] >= shared, -1)
@@ -241,7 +247,33 @@ class ReftModel(nn.Module):
                    use_cache=True, **kwargs)
         return out.last_hidden_state, start
 
-    def _chunk_bounds(self, input_ids, attention_mask, positions) -> tuple[int, int]:
+    def _prefix_row_hidden(self, base, input_ids, attention_mask, positions, shared: int) -> torch.Tensor:
+        """Hidden states from ``shared`` on, with the edited shared prefix as an extra row 0 of the same forward.
+
+        Row 0 = the prefix, rows ``1..B`` = each row after it (see :mod:`reft.model.attention`); positions ids
+        continue after the prefix, and the prefix's edits are applied once, in row 0.
+        """
+        batch, length = input_ids.shape
+        width = max(shared, length - shared)
+
+        def pad(x: torch.Tensor, value) -> torch.Tensor:
+            return F.pad(x, (0, width - x.shape[1]), value=value)
+
+        ids = torch.cat([pad(input_ids[:1, :shared], 0), pad(input_ids[:, shared:], 0)])
+        mask = attention_mask.bool()
+        valid = torch.cat([pad(mask[:1, :shared], False), pad(mask[:, shared:], False)])
+        ar = torch.arange(width, device=input_ids.device)
+        position_ids = torch.cat([ar[None], (ar + shared)[None].expand(batch, width)])
+        self._ctx.positions = torch.cat([
+            positions[:1].masked_fill(positions[:1] >= shared, -1),  # edits inside the prefix: alike in every row
+            torch.where(positions >= shared, positions - shared, -1),
+        ])
+        with shared_prefix_attention(base.config):
+            out = base(input_ids=ids, attention_mask=shared_prefix_mask(shared, valid), position_ids=position_ids,
+                       use_cache=False)
+        return out.last_hidden_state[1:, : length - shared]
+
+    def _chunk_bounds(self, input_ids, attention_mask, positions, labels=None) -> tuple[int, int]:
         """``(shared, split)``: the shared-prefix length and the first edited position (0 when not applicable)."""
         checkpointing = getattr(self.model, "is_activation_checkpointing", None)
         if checkpointing is None:
@@ -250,7 +282,12 @@ class ReftModel(nn.Module):
         if not self.split_frozen_prefix or not self._ctx.enabled or checkpointing or not valid.numel():
             return 0, 0  # gradient checkpointing drops the KV cache inside the layers: no chunking then
         split = int(valid.min())
-        limit = int(attention_mask.sum(1).min()) - 1  # keep every row's first predicting position in the last chunk
+        # keep every row's first predicting position (the one before its first label) in the last chunk
+        limit = int(attention_mask.sum(1).min()) - 1
+        if labels is not None:
+            labelled = labels != -100
+            first = torch.where(labelled.any(1), labelled.long().argmax(1), labels.shape[1])
+            limit = min(limit, int(first.min()) - 1)
         same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)  # [T]
         shared = int(same.long().cumprod(0).sum())
         for slot in range(positions.shape[1]):  # every row must be edited alike inside the shared prefix
