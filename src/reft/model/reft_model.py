@@ -43,6 +43,16 @@ def transformers_model(model: nn.Module) -> nn.Module:
     return model.get_base_model() if is_peft_model(model) else model
 
 
+def _prefix_edits(positions: torch.Tensor, shared: int) -> torch.Tensor:
+    """Row 0's edits inside the shared prefix (``[1, K]``, ``-1`` elsewhere): alike in every row, applied once."""
+    return positions[:1].masked_fill(positions[:1] >= shared, -1)
+
+
+def _edits_after(positions: torch.Tensor, start: int) -> torch.Tensor:
+    """Each row's edits from ``start`` on, relative to ``start`` (``-1`` before it)."""
+    return torch.where(positions >= start, positions - start, -1)
+
+
 class ReftModel(nn.Module):
     """A frozen base model whose hidden states are edited by interventions at prompt positions.
 
@@ -231,7 +241,7 @@ class ReftModel(nn.Module):
             return self._prefix_row_hidden(base, input_ids, attention_mask, positions, shared), shared
         cache = None
         if shared >= 2:  # chunk 1: the shared prefix, once
-            self._ctx.positions = positions[:1].masked_fill(positions[:1] >= shared, -1)
+            self._ctx.positions = _prefix_edits(positions, shared)
             with torch.set_grad_enabled(torch.is_grad_enabled() and shared > split):
                 cache = base(input_ids=input_ids[:1, :shared], attention_mask=attention_mask[:1, :shared],
                              use_cache=True).past_key_values
@@ -242,7 +252,7 @@ class ReftModel(nn.Module):
                 cache = base(input_ids=input_ids[:, start:split], attention_mask=attention_mask[:, :split],
                              past_key_values=cache, use_cache=True).past_key_values
             start = split
-        self._ctx.positions = torch.where(positions >= start, positions - start, -1)  # relative to the last chunk
+        self._ctx.positions = _edits_after(positions, start)  # relative to the last chunk
         out = base(input_ids=input_ids[:, start:], attention_mask=attention_mask, past_key_values=cache,
                    use_cache=True, **kwargs)
         return out.last_hidden_state, start
@@ -264,10 +274,7 @@ class ReftModel(nn.Module):
         valid = torch.cat([pad(mask[:1, :shared], False), pad(mask[:, shared:], False)])
         ar = torch.arange(width, device=input_ids.device)
         position_ids = torch.cat([ar[None], (ar + shared)[None].expand(batch, width)])
-        self._ctx.positions = torch.cat([
-            positions[:1].masked_fill(positions[:1] >= shared, -1),  # edits inside the prefix: alike in every row
-            torch.where(positions >= shared, positions - shared, -1),
-        ])
+        self._ctx.positions = torch.cat([_prefix_edits(positions, shared), _edits_after(positions, shared)])
         with shared_prefix_attention(base.config):
             out = base(input_ids=ids, attention_mask=shared_prefix_mask(shared, valid), position_ids=position_ids,
                        use_cache=False)
@@ -280,7 +287,9 @@ class ReftModel(nn.Module):
             checkpointing = getattr(self.model, "is_gradient_checkpointing", False)
         valid = positions[positions >= 0]
         if not self.split_frozen_prefix or not self._ctx.enabled or checkpointing or not valid.numel():
-            return 0, 0  # gradient checkpointing drops the KV cache inside the layers: no chunking then
+            # gradient checkpointing drops the KV cache inside the layers, and its recompute in backward would run
+            # outside the prefix-row attention switch: no chunking then
+            return 0, 0
         split = int(valid.min())
         # keep every row's first predicting position (the one before its first label) in the last chunk
         limit = int(attention_mask.sum(1).min()) - 1
