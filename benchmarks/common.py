@@ -100,23 +100,28 @@ def machine_load() -> dict:
     return out
 
 
-def time_generation(generate, texts: list[str], batch: int, max_new_tokens: int) -> dict:
-    """Seconds for ``batch`` prompts × ``max_new_tokens`` batched (best of 2) and one at a time, ReFT vs bare.
+def time_generation(generate, texts: list[str], batch: int, max_new_tokens: int, repeats: int = 5) -> dict:
+    """Seconds for ``batch`` prompts × ``max_new_tokens`` batched and one at a time, ReFT vs the bare model.
 
-    ``generate(texts, max_new_tokens, bare)`` returns seconds. ReFT and bare runs alternate, so a burst of load
-    elsewhere on the machine hits both.
+    ``generate(texts, max_new_tokens, bare)`` returns seconds. ReFT and bare calls alternate, so a burst of load
+    elsewhere on the machine hits both. The batched call runs ``repeats`` times per kind: ``batch16_ratio`` is
+    best ÷ best (the least disturbed calls), ``batch16_ratio_median`` the median of the adjacent pairs' ratios.
     """
     texts = texts[:batch]
     for bare in (False, True):
         generate(texts[:2], 4, bare)  # warm-up
     b = f"batch{batch}"
-    out = {f"{b}_reft_s": float("inf"), f"{b}_bare_s": float("inf"), "batch1_reft_s": 0.0, "batch1_bare_s": 0.0}
-    for _ in range(2):
+    runs = {"reft": [], "bare": []}
+    for _ in range(repeats):
         for bare, name in ((False, "reft"), (True, "bare")):
-            out[f"{b}_{name}_s"] = min(out[f"{b}_{name}_s"], generate(texts, max_new_tokens, bare))
+            runs[name].append(generate(texts, max_new_tokens, bare))
+    out = {f"{b}_reft_runs_s": runs["reft"], f"{b}_bare_runs_s": runs["bare"],
+           f"{b}_reft_s": min(runs["reft"]), f"{b}_bare_s": min(runs["bare"]), "batch1_reft_s": 0.0,
+           "batch1_bare_s": 0.0}
     for t in texts:
         for bare, name in ((False, "reft"), (True, "bare")):
             out[f"batch1_{name}_s"] += generate([t], max_new_tokens, bare)
     out[f"{b}_ratio"] = out[f"{b}_reft_s"] / out[f"{b}_bare_s"]
+    out[f"{b}_ratio_median"] = statistics.median(r / s for r, s in zip(runs["reft"], runs["bare"]))
     out["batch1_ratio"] = out["batch1_reft_s"] / out["batch1_bare_s"]
-    return {"max_new_tokens": max_new_tokens, "prompts": len(texts), **out}
+    return {"max_new_tokens": max_new_tokens, "prompts": len(texts), "repeats": repeats, **out}

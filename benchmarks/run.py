@@ -3,8 +3,9 @@
     bash benchmarks/peer_env.sh          # once: the pyreft 0.1.0 + pyvene 0.1.8 virtualenv (benchmarks/.peer-venv)
     .venv/bin/python benchmarks/run.py   # or: make bench   [--settings abc] [--limit-train N]
 
-For each setting (a, b, c; see common.py) it runs, alternating libraries so load on the machine hits both: pyreft
-(peer_pyreft.py in the peer venv), reft (reft_side.py) and the frozen-model floor (reft_side.py --floor). It writes
+For each setting (a, b, c; see common.py) it runs pyreft (peer_pyreft.py in the peer venv) and reft (reft_side.py)
+--repeats times each with seeds 42, 43, ..., alternating which library goes first so drift in the machine's speed
+hits both, then the frozen-model floor (reft_side.py --floor). It writes
 benchmarks/results/benchmark.json, benchmark.md (the table in the README) and benchmark.png (bar chart).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -38,10 +40,32 @@ def run(cmd: list[str], out: Path, reuse: bool = False) -> dict:
     return json.loads(out.read_text())
 
 
+def aggregate(runs: list[dict]) -> dict:
+    """One library's figures over its repeats (seeds 42, 43, ...): speed and memory as medians, loss and exact
+    match as means with their range, and every run kept under ``runs``."""
+    med = statistics.median
+    gen = [r["generation"] for r in runs]
+    return {
+        "repeats": len(runs), "seeds": [r["seed"] for r in runs],
+        "examples_per_s": med(r["examples_per_s"] for r in runs),
+        "tokens_per_s": med(r["tokens_per_s"] for r in runs),
+        "peak_rss_mib": med(r["peak_rss_mib"] for r in runs),
+        "final_epoch_loss": statistics.fmean(r["final_epoch_loss"] for r in runs),
+        "final_epoch_loss_range": [min(r["final_epoch_loss"] for r in runs), max(r["final_epoch_loss"] for r in runs)],
+        "exact_match": statistics.fmean(r["exact_match"] for r in runs),
+        "exact_match_range": [min(r["exact_match"] for r in runs), max(r["exact_match"] for r in runs)],
+        "generation": {k: med(g[k] for g in gen) for k in ("batch16_ratio", "batch16_ratio_median", "batch1_ratio")},
+        "runs": runs,
+    }
+
+
 def ratios(reft: dict, peer: dict, fl: dict) -> dict:
     step = 1 / reft["examples_per_s"]
+    # runs of one repeat ran back to back: their ratio is the least affected by the machine's drift
+    paired = [r["examples_per_s"] / p["examples_per_s"] for r, p in zip(reft["runs"], peer["runs"])]
     return {
         "examples_per_s_reft_over_pyreft": reft["examples_per_s"] / peer["examples_per_s"],
+        "examples_per_s_reft_over_pyreft_paired": paired,
         "tokens_per_s_reft_over_pyreft": reft["tokens_per_s"] / peer["tokens_per_s"],
         "step_over_floor_response_logits": step / (1 / fl["response_logits_examples_per_s"]),
         "step_over_floor_full_logits": step / (1 / fl["full_logits_examples_per_s"]),
@@ -49,27 +73,37 @@ def ratios(reft: dict, peer: dict, fl: dict) -> dict:
     }
 
 
+def _range(x: dict, key: str, fmt: str) -> str:
+    lo, hi = x[f"{key}_range"]
+    return f"{x[key]:{fmt}}" + (f" ({lo:{fmt}}–{hi:{fmt}})" if x["repeats"] > 1 else "")
+
+
 def table(results: dict) -> str:
-    rows = ["| setting | library | ex/s | tok/s | final loss | held-out EM | peak RSS MiB | gen b16 ReFT÷bare "
-            "| gen b1 ReFT÷bare |", "|---|---|---|---|---|---|---|---|---|"]
+    n = results["repeats"]
+    rows = ["| setting | library | ex/s | tok/s | final loss, mean (range) | held-out EM, mean (range) | peak RSS MiB "
+            "| gen b16 ReFT÷bare | gen b1 ReFT÷bare |", "|---|---|---|---|---|---|---|---|---|"]
     for s, r in results["settings"].items():
         for lib in ("pyreft", "reft"):
             x = r[lib]
             g = x["generation"]
             rows.append(f"| {s}: {DESCRIPTION[s]} | {lib} | {x['examples_per_s']:.2f} | {x['tokens_per_s']:.0f} | "
-                        f"{x['final_epoch_loss']:.4f} | {x['exact_match']:.1%} | {x['peak_rss_mib']:.0f} | "
-                        f"{g['batch16_ratio']:.3f} | {g['batch1_ratio']:.3f} |")
-    rows += ["", "| setting | reft ÷ pyreft ex/s (target ≥ 2.0) | step ÷ floor, response logits (≤ 1.10) | "
-             "step ÷ floor, full logits | RSS reft ÷ pyreft (≤ 0.8) | floor ex/s (response / full logits) |",
-             "|---|---|---|---|---|---|"]
+                        f"{_range(x, 'final_epoch_loss', '.4f')} | {_range(x, 'exact_match', '.1%')} | "
+                        f"{x['peak_rss_mib']:.0f} | {g['batch16_ratio']:.3f} | {g['batch1_ratio']:.3f} |")
+    rows += ["", "| setting | reft ÷ pyreft ex/s (target ≥ 2.0) | per repeat | step ÷ floor, response logits (≤ 1.10) "
+             "| step ÷ floor, full logits | RSS reft ÷ pyreft (≤ 0.8) | floor ex/s (response / full logits) |",
+             "|---|---|---|---|---|---|---|"]
     for s, r in results["settings"].items():
         q, f = r["ratios"], r["floor"]
-        rows.append(f"| {s} | {q['examples_per_s_reft_over_pyreft']:.2f} | {q['step_over_floor_response_logits']:.2f}"
-                    f" | {q['step_over_floor_full_logits']:.2f} | {q['peak_rss_reft_over_pyreft']:.2f} | "
-                    f"{f['response_logits_examples_per_s']:.2f} / {f['full_logits_examples_per_s']:.2f} |")
+        paired = ", ".join(f"{x:.2f}" for x in q["examples_per_s_reft_over_pyreft_paired"])
+        rows.append(f"| {s} | {q['examples_per_s_reft_over_pyreft']:.2f} | {paired} | "
+                    f"{q['step_over_floor_response_logits']:.2f} | {q['step_over_floor_full_logits']:.2f} | "
+                    f"{q['peak_rss_reft_over_pyreft']:.2f} | {f['response_logits_examples_per_s']:.2f} / "
+                    f"{f['full_logits_examples_per_s']:.2f} |")
     v = results["versions"]
     rows += ["", f"SmolLM2-135M-Instruct fp32, CPU, {results['threads']} threads, batch 8, lr 4e-3, 2 epochs, "
-             f"{results['n_train']} training / {results['n_heldout']} held-out examples. Versions: "
+             f"{results['n_train']} training / {results['n_heldout']} held-out examples; {n} repeat(s) per library "
+             "and setting (seeds 42, 43, …), libraries alternating. Speed, RSS and generation ratios: medians over "
+             "repeats (generation: best of 5 batched calls per run); loss and EM: means. Versions: "
              + ", ".join(f"{k} {x}" for k, x in v.items()) + "."]
     return "\n".join(rows) + "\n"
 
@@ -100,7 +134,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", default="abc")
     ap.add_argument("--limit-train", type=int, default=None)
+    ap.add_argument("--limit-heldout", type=int, default=None, help="fewer held-out prompts (a quick smoke run)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="runs per library and setting (seeds 42, 43, ...)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep runs already in benchmarks/results/raw (e.g. to finish an interrupted benchmark)")
     args = ap.parse_args()
@@ -110,23 +146,33 @@ def main() -> int:
     OUT.mkdir(exist_ok=True)
     tmp = OUT / "raw"
     tmp.mkdir(exist_ok=True)
-    extra = ["--threads", str(args.threads)] + (["--limit-train", str(args.limit_train)] if args.limit_train else [])
+    extra = ["--threads", str(args.threads)]
+    for opt in ("limit_train", "limit_heldout"):
+        if getattr(args, opt):
+            extra += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     reft_py = [sys.executable, str(HERE / "reft_side.py")]
-    results = {"settings": {}, "threads": args.threads, "machine_load_start": machine_load()}
+    results = {"settings": {}, "threads": args.threads, "repeats": args.repeats, "machine_load_start": machine_load()}
     for s in args.settings:
-        peer = run([str(PEER_PY), str(HERE / "peer_pyreft.py"), "--setting", s, "--out", str(tmp / f"pyreft_{s}.json")]
-                   + extra, tmp / f"pyreft_{s}.json", args.reuse)
-        reft = run(reft_py + ["--setting", s, "--out", str(tmp / f"reft_{s}.json")] + extra, tmp / f"reft_{s}.json",
-                   args.reuse)
+        runs = {"pyreft": [], "reft": []}
+        for rep in range(args.repeats):
+            seed = ["--seed", str(42 + rep)]
+            peer_out, reft_out = tmp / f"pyreft_{s}_r{rep}.json", tmp / f"reft_{s}_r{rep}.json"
+            jobs = {"pyreft": ([str(PEER_PY), str(HERE / "peer_pyreft.py"), "--setting", s, "--out", str(peer_out)]
+                               + seed + extra, peer_out),
+                    "reft": (reft_py + ["--setting", s, "--out", str(reft_out)] + seed + extra, reft_out)}
+            for lib in ("pyreft", "reft") if rep % 2 == 0 else ("reft", "pyreft"):  # alternate who goes first
+                runs[lib].append(run(*jobs[lib], args.reuse))
+        peer, reft = aggregate(runs["pyreft"]), aggregate(runs["reft"])
         # the floor depends only on the lowest intervened layer: settings b and c share it
         floor_file = tmp / f"floor_layer{min(LAYERS[s])}.json"
         fl = run(reft_py + ["--setting", s, "--floor", "--out", str(floor_file)] + extra, floor_file, True)
         results["settings"][s] = {"pyreft": peer, "reft": reft, "floor": fl, "ratios": ratios(reft, peer, fl)}
-        results |= {"n_train": reft["n_train"], "n_heldout": reft["n_heldout"],
-                    "versions": {"reft": reft["versions"]["reft"], "pyreft": peer["versions"]["pyreft"],
-                                 "pyvene": peer["versions"]["pyvene"], "torch": reft["versions"]["torch"],
-                                 "transformers (reft)": reft["versions"]["transformers"],
-                                 "transformers (pyreft)": peer["versions"]["transformers"]}}
+        first_reft, first_peer = runs["reft"][0], runs["pyreft"][0]
+        results |= {"n_train": first_reft["n_train"], "n_heldout": first_reft["n_heldout"],
+                    "versions": {"reft": first_reft["versions"]["reft"], "pyreft": first_peer["versions"]["pyreft"],
+                                 "pyvene": first_peer["versions"]["pyvene"], "torch": first_reft["versions"]["torch"],
+                                 "transformers (reft)": first_reft["versions"]["transformers"],
+                                 "transformers (pyreft)": first_peer["versions"]["transformers"]}}
         print(json.dumps({s: results["settings"][s]["ratios"]}, indent=2), flush=True)
     results["machine_load_end"] = machine_load()
     (OUT / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
