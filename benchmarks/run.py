@@ -152,6 +152,7 @@ def main() -> int:
             extra += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     reft_py = [sys.executable, str(HERE / "reft_side.py")]
     results = {"settings": {}, "threads": args.threads, "repeats": args.repeats, "machine_load_start": machine_load()}
+    floors: set[Path] = set()
     for s in args.settings:
         runs = {"pyreft": [], "reft": []}
         for rep in range(args.repeats):
@@ -163,9 +164,11 @@ def main() -> int:
             for lib in ("pyreft", "reft") if rep % 2 == 0 else ("reft", "pyreft"):  # alternate who goes first
                 runs[lib].append(run(*jobs[lib], args.reuse))
         peer, reft = aggregate(runs["pyreft"]), aggregate(runs["reft"])
-        # the floor depends only on the lowest intervened layer: settings b and c share it
+        # the floor depends only on the lowest intervened layer: settings b and c share it (within this invocation)
         floor_file = tmp / f"floor_layer{min(LAYERS[s])}.json"
-        fl = run(reft_py + ["--setting", s, "--floor", "--out", str(floor_file)] + extra, floor_file, True)
+        fl = run(reft_py + ["--setting", s, "--floor", "--out", str(floor_file)] + extra, floor_file,
+                 args.reuse or floor_file in floors)
+        floors.add(floor_file)
         results["settings"][s] = {"pyreft": peer, "reft": reft, "floor": fl, "ratios": ratios(reft, peer, fl)}
         first_reft, first_peer = runs["reft"][0], runs["pyreft"][0]
         results |= {"n_train": first_reft["n_train"], "n_heldout": first_reft["n_heldout"],
