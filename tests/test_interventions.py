@@ -155,3 +155,23 @@ def test_registry_rules():
         ReftConfig(intervention="os.system")
     with pytest.raises(ValueError, match="rank"):
         LoReFT(8, 9)
+
+
+def test_apply_interventions_packed_rows_match_per_row():
+    """Examples packed into one row (``rows`` maps each positions row to it) get the same edits as row by row."""
+    from reft.model.hooks import apply_interventions
+
+    torch.manual_seed(0)
+    d = 8
+    first, second = LoReFT(d, 2), LoReFT(d, 2)
+    parts = [(first, slice(0, 2)), (second, slice(2, 3))]
+    h = torch.randn(3, 5, d)
+    positions = torch.tensor([[0, 1, 4], [2, -1, 3], [-1, -1, 0]])
+    expected = apply_interventions(h, positions, parts)
+    packed = h.reshape(1, 15, d)
+    offsets = torch.tensor([[0], [5], [10]])
+    packed_positions = torch.where(positions >= 0, positions + offsets, -1)
+    got = apply_interventions(packed, packed_positions, parts, rows=torch.zeros(3, dtype=torch.long))
+    torch.testing.assert_close(got.reshape(3, 5, d), expected)
+    with pytest.raises(RuntimeError, match="batch of 3"):
+        apply_interventions(packed, packed_positions, parts)

@@ -233,6 +233,7 @@ def test_chunked_loss_is_exact(arch, attn, positions, batch_kind, expect_offset,
     """
     results = []
     calls = []
+    seen = []  # (rows, tokens) of every forward the base model's embedding sees
     original = ReftModel._prefix_row_hidden
     monkeypatch.setattr(ReftModel, "_prefix_row_hidden", lambda *a: calls.append(1) or original(*a))
     for chunked in (False, True):
@@ -241,6 +242,8 @@ def test_chunked_loss_is_exact(arch, attn, positions, batch_kind, expect_offset,
         reft_model = get_reft_model(model, ReftConfig(layers=[0, 2], positions=positions, rank=2, tied=False))
         _nonzero_init(reft_model)
         reft_model.split_frozen_prefix = chunked
+        embed = model.get_input_embeddings()
+        embed.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
         if batch_kind == "random":
             batch = _lm_batch(prompt=9)  # prompts of 9 and 10 tokens
         elif batch_kind == "shared":
@@ -251,9 +254,13 @@ def test_chunked_loss_is_exact(arch, attn, positions, batch_kind, expect_offset,
             batch = _prompt_is_prefix_batch()
         else:
             batch = _shared_prefix_batch(4, prompts=(6, 2, 9))
+        seen.clear()
         out = reft_model(**batch)
         out.loss.backward()
         results.append((out.loss.detach(), [p.grad.clone() for p in reft_model.intervention_parameters()]))
+        if chunked and calls:  # the prefix-row forward is packed: one row of the real tokens, no padding
+            real = expect_offset + int(batch["attention_mask"][:, expect_offset:].sum())
+            assert seen == [(1, real)]
         if chunked:
             reft_model.set_positions(batch["attention_mask"], batch["prompt_lengths"])
             with torch.no_grad():

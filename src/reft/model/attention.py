@@ -11,6 +11,11 @@ attention mask, which transformers hands to the attention function unchanged; ``
 reach the prefix through the expand of ``K_0``/``V_0``: the same values and gradients as running the prefix as its own
 forward and repeating its KV cache for the batch, without that second pass (at batch 1 its small matmuls and per-op
 overhead cost about twice its FLOPs on a CPU).
+
+Packed: the model's input is one row of the ``T`` real tokens of that ``[B+1, L]`` layout (row-major, padding left
+out), so its projections and MLPs do no work on padding. Only attention needs the rows: it scatters ``Q, K, V``
+(``[1, H, T, D]``) into ``[B+1, H, L, D]`` at ``index`` (the flat positions of the real tokens), runs the above, and
+gathers its output back to ``[1, T, H, D]``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 NAME = "reft_shared_prefix"
+PACKED = "reft_shared_prefix_packed"
+_index: list[torch.Tensor] = []  # the active packed layout (pushed by shared_prefix_attention)
 
 
 def _shared_prefix_sdpa(module, query, key, value, attention_mask, **kwargs):
@@ -33,7 +40,23 @@ def _shared_prefix_sdpa(module, query, key, value, attention_mask, **kwargs):
     return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
 
 
+def _unpack(x: torch.Tensor, index: torch.Tensor, rows: int, width: int) -> torch.Tensor:
+    """``[1, H, T, D]`` → ``[rows, H, width, D]``, token ``t`` to flat slot ``index[t]``, zeros elsewhere."""
+    heads, dim = x.shape[1], x.shape[3]
+    flat = x.new_zeros(rows * width, heads, dim).index_copy(0, index, x[0].transpose(0, 1))
+    return flat.view(rows, width, heads, dim).transpose(1, 2)
+
+
+def _packed_shared_prefix_sdpa(module, query, key, value, attention_mask, **kwargs):
+    index = _index[-1]
+    rows, width = attention_mask.shape[0], attention_mask.shape[2]
+    query, key, value = (_unpack(x, index, rows, width) for x in (query, key, value))
+    out, weights = _shared_prefix_sdpa(module, query, key, value, attention_mask, **kwargs)  # [rows, width, H, D]
+    return out.reshape(rows * width, *out.shape[2:]).index_select(0, index)[None], weights
+
+
 AttentionInterface.register(NAME, _shared_prefix_sdpa)
+AttentionInterface.register(PACKED, _packed_shared_prefix_sdpa)
 
 
 def supports_shared_prefix(config) -> bool:
@@ -42,14 +65,23 @@ def supports_shared_prefix(config) -> bool:
 
 
 @contextlib.contextmanager
-def shared_prefix_attention(config) -> Iterator[None]:
-    """Within this block the model's attention layers use the shared-prefix attention."""
+def shared_prefix_attention(config, index: torch.Tensor | None = None) -> Iterator[None]:
+    """Within this block the model's attention layers use the shared-prefix attention.
+
+    Args:
+        config: the model's config (its ``_attn_implementation`` is switched for the block).
+        index: ``[T]``, the flat ``row · L + column`` slot of each token of a packed input; default: not packed.
+    """
     previous = config._attn_implementation
-    config._attn_implementation = NAME
+    config._attn_implementation = NAME if index is None else PACKED
+    if index is not None:
+        _index.append(index)
     try:
         yield
     finally:
         config._attn_implementation = previous
+        if index is not None:
+            _index.pop()
 
 
 def shared_prefix_mask(prefix: int, valid: torch.Tensor) -> torch.Tensor:

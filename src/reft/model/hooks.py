@@ -23,29 +23,36 @@ class InterventionContext:
 
     ``positions`` is ``[batch, p+s]`` (``-1`` = empty slot, see :mod:`reft.positions`); ``None`` or
     ``enabled=False`` make every hook a no-op. It stays set after ``forward`` returns so that gradient
-    checkpointing recomputes the same edit during backward; the next call replaces it.
+    checkpointing recomputes the same edit during backward; the next call replaces it. ``rows`` (``[batch]``,
+    only while a packed forward runs) says which row of the hidden states each row of ``positions`` indexes.
     """
 
     positions: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
     enabled: bool = True
     handles: list[RemovableHandle] = field(default_factory=list)
 
 
 def apply_interventions(
-    h: torch.Tensor, positions: torch.Tensor, parts: list[tuple[Intervention, slice]]
+    h: torch.Tensor,
+    positions: torch.Tensor,
+    parts: list[tuple[Intervention, slice]],
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return ``h`` with ``Φ`` applied at the given positions, out of place.
 
     Args:
         h (Tensor): ``[B, T, d]`` hidden states.
-        positions (Tensor): ``[B, K]`` absolute positions, ``-1`` for empty slots.
+        positions (Tensor): ``[N, K]`` absolute positions, ``-1`` for empty slots; ``N = B`` unless ``rows``.
         parts (list): ``(intervention, slot slice)``: which Φ edits which slots.
+        rows (Tensor, optional): ``[N]``, the row of ``h`` that each row of ``positions`` indexes (several
+            examples packed into one row); default: row ``i`` for ``positions[i]``.
 
     For each part: ``g = h[b, pos]`` → ``δ = Φ.delta(g)`` (zero in empty slots) → ``h[b, pos] += δ``. Adding the edit
     (``index_put(accumulate=True)``) instead of writing ``Φ(g)`` keeps empty slots, which point at position 0,
     from overwriting a real edit there.
     """
-    if positions.shape[0] != h.shape[0]:
+    if rows is None and positions.shape[0] != h.shape[0]:
         raise RuntimeError(
             f"intervention positions are for a batch of {positions.shape[0]} but the layer sees {h.shape[0]} rows; "
             "call the ReftModel (not the wrapped base model) so positions match the batch"
@@ -56,8 +63,8 @@ def apply_interventions(
         raise RuntimeError(
             f"intervention position {int(positions.max())} is beyond the sequence length {h.shape[1]}"
         )
+    batch = (torch.arange(h.shape[0], device=h.device) if rows is None else rows.to(h.device))[:, None]
     rows, cols, deltas = [], [], []
-    batch = torch.arange(h.shape[0], device=h.device)[:, None]
     for intervention, slots in parts:
         pos = positions[:, slots]  # [B, k]
         if pos.shape[1] == 0:
@@ -90,7 +97,7 @@ def register_intervention_hook(
     """Attach ``parts`` to ``module``'s output (or its first input for ``block_input``) and return the handle."""
 
     def edit(h: torch.Tensor) -> torch.Tensor:
-        return apply_interventions(h, ctx.positions, parts)
+        return apply_interventions(h, ctx.positions, parts, ctx.rows)
 
     def active() -> bool:
         return ctx.enabled and ctx.positions is not None

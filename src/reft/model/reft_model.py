@@ -260,8 +260,9 @@ class ReftModel(nn.Module):
     def _prefix_row_hidden(self, base, input_ids, attention_mask, positions, shared: int) -> torch.Tensor:
         """Hidden states from ``shared`` on, with the edited shared prefix as an extra row 0 of the same forward.
 
-        Row 0 = the prefix, rows ``1..B`` = each row after it (see :mod:`reft.model.attention`); positions ids
-        continue after the prefix, and the prefix's edits are applied once, in row 0.
+        Row 0 = the prefix, rows ``1..B`` = each row after it (see :mod:`reft.model.attention`); position ids
+        continue after the prefix, and the prefix's edits are applied once, in row 0. The forward runs packed: one
+        row of the real tokens of that layout (no padding), edits at their packed positions.
         """
         batch, length = input_ids.shape
         width = max(shared, length - shared)
@@ -271,14 +272,24 @@ class ReftModel(nn.Module):
 
         ids = torch.cat([pad(input_ids[:1, :shared], 0), pad(input_ids[:, shared:], 0)])
         mask = attention_mask.bool()
-        valid = torch.cat([pad(mask[:1, :shared], False), pad(mask[:, shared:], False)])
+        valid = torch.cat([pad(mask[:1, :shared], False), pad(mask[:, shared:], False)])  # [B+1, W]
         ar = torch.arange(width, device=input_ids.device)
         position_ids = torch.cat([ar[None], (ar + shared)[None].expand(batch, width)])
-        self._ctx.positions = torch.cat([_prefix_edits(positions, shared), _edits_after(positions, shared)])
-        with shared_prefix_attention(base.config):
-            out = base(input_ids=ids, attention_mask=shared_prefix_mask(shared, valid), position_ids=position_ids,
-                       use_cache=False)
-        return out.last_hidden_state[1:, : length - shared]
+        # packed layout: token t of the one packed row is flat slot index[t] of the [B+1, W] layout
+        index = valid.flatten().nonzero().squeeze(1)
+        packed_at = (valid.flatten().long().cumsum(0) - 1).view(batch + 1, width)  # slot -> packed position
+        edits = torch.cat([_prefix_edits(positions, shared), _edits_after(positions, shared)])  # [B+1, K]
+        self._ctx.positions = torch.where(edits >= 0, packed_at.gather(1, edits.clamp(min=0)), -1)
+        self._ctx.rows = torch.zeros(batch + 1, dtype=torch.long, device=input_ids.device)
+        try:
+            with shared_prefix_attention(base.config, index):
+                out = base(input_ids=ids.flatten()[index][None], attention_mask=shared_prefix_mask(shared, valid),
+                           position_ids=position_ids.flatten()[index][None], use_cache=False)
+        finally:
+            self._ctx.rows = None
+        h = out.last_hidden_state[0]  # [T, d]
+        h = h.new_zeros(valid.numel(), h.shape[-1]).index_copy(0, index, h).view(batch + 1, width, -1)
+        return h[1:, : length - shared]
 
     def _chunk_bounds(self, input_ids, attention_mask, positions, labels=None) -> tuple[int, int]:
         """``(shared, split)``: the shared-prefix length and the first edited position (0 when not applicable)."""
