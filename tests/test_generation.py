@@ -8,6 +8,7 @@ from conftest import DECODERS, random_batch
 from torch import nn
 
 from reft import ReftConfig, get_reft_model
+from reft.model.reft_model import _cache_name
 
 
 def _reft(arch, positions="f2+l2", tied=False):
@@ -38,13 +39,14 @@ def test_generation_matches_manual_prefill_and_decode(arch):
     gen = reft_model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
     seq = ids.clone()
     out = reft_model(seq, attention_mask=torch.ones_like(seq), use_cache=True)
-    cache, tokens = out.past_key_values, []
+    key = _cache_name(reft_model.model)  # `cache` from transformers 5.24 on, `past_key_values` before
+    cache, tokens = getattr(out, key), []
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)
     for _ in range(4):
         tokens.append(int(nxt))
         with reft_model.disable_interventions():
-            step = reft_model.model(nxt, past_key_values=cache, use_cache=True)
-        cache = step.past_key_values
+            step = reft_model.model(nxt, use_cache=True, **{key: cache})
+        cache = getattr(step, key)
         nxt = step.logits[:, -1].argmax(-1, keepdim=True)
     assert gen[0, 6:].tolist() == tokens
     with reft_model.disable_interventions():

@@ -34,3 +34,6 @@ def train(out_dir: str, per_device_batch: int) -> None:
 
 if __name__ == "__main__":
     train(sys.argv[1], int(sys.argv[2]))
+    if torch.distributed.is_initialized():  # tear gloo down before exit: its threads otherwise abort the process
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import os
 from collections.abc import Iterator
 
@@ -41,6 +42,11 @@ def is_peft_model(model: nn.Module) -> bool:
 def transformers_model(model: nn.Module) -> nn.Module:
     """The transformers model that runs the forward: ``model`` itself, or the one inside a ``PeftModel``."""
     return model.get_base_model() if is_peft_model(model) else model
+
+
+def _cache_name(base: nn.Module) -> str:
+    """The KV-cache argument and output field: ``cache`` from transformers 5.24 on, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _prefix_edits(positions: torch.Tensor, shared: int) -> torch.Tensor:
@@ -239,22 +245,22 @@ class ReftModel(nn.Module):
             return out.last_hidden_state, 0
         if shared >= 2 and split < shared and not kwargs and supports_shared_prefix(base.config):
             return self._prefix_row_hidden(base, input_ids, attention_mask, positions, shared), shared
-        cache = None
+        cache, key = None, _cache_name(base)
         if shared >= 2:  # chunk 1: the shared prefix, once
             self._ctx.positions = _prefix_edits(positions, shared)
             with torch.set_grad_enabled(torch.is_grad_enabled() and shared > split):
-                cache = base(input_ids=input_ids[:1, :shared], attention_mask=attention_mask[:1, :shared],
-                             use_cache=True).past_key_values
+                cache = getattr(base(input_ids=input_ids[:1, :shared], attention_mask=attention_mask[:1, :shared],
+                                     use_cache=True), key)
             cache.batch_repeat_interleave(input_ids.shape[0])
         start = shared if shared >= 2 else 0
         if split > start:  # chunk 2: the rest of the frozen part, without autograd
             with torch.no_grad(), self.disable_interventions():
-                cache = base(input_ids=input_ids[:, start:split], attention_mask=attention_mask[:, :split],
-                             past_key_values=cache, use_cache=True).past_key_values
+                cache = getattr(base(input_ids=input_ids[:, start:split], attention_mask=attention_mask[:, :split],
+                                     use_cache=True, **{key: cache}), key)
             start = split
         self._ctx.positions = _edits_after(positions, start)  # relative to the last chunk
-        out = base(input_ids=input_ids[:, start:], attention_mask=attention_mask, past_key_values=cache,
-                   use_cache=True, **kwargs)
+        out = base(input_ids=input_ids[:, start:], attention_mask=attention_mask, use_cache=True,
+                   **{key: cache}, **kwargs)
         return out.last_hidden_state, start
 
     def _prefix_row_hidden(self, base, input_ids, attention_mask, positions, shared: int) -> torch.Tensor:
@@ -323,7 +329,7 @@ class ReftModel(nn.Module):
         if self._generating is None:
             return None
         positions, batch = self._generating
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers ≥ 5.24 / earlier
         cached = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
         if cached:
             self._ctx.positions = None  # a decode step: the edit reaches it through the KV cache
