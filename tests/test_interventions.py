@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from reft import INTERVENTIONS, Intervention, LoReFT, ReftConfig, get_reft_model, register_intervention
 from reft.interventions import orthonormalize
@@ -175,3 +176,32 @@ def test_apply_interventions_packed_rows_match_per_row():
     torch.testing.assert_close(got.reshape(3, 5, d), expected)
     with pytest.raises(RuntimeError, match="batch of 3"):
         apply_interventions(packed, packed_positions, parts)
+
+
+def test_r_steps_like_torch_orthogonal_parametrization():
+    """Adam moves R as far per step as under torch's Householder parametrisation (pyreft's), so pyreft's learning
+    rates carry over: QR is scale-invariant, and A stored at half scale doubles R's step to match."""
+    from torch.nn.utils.parametrizations import orthogonal
+
+    d, r, lr = 256, 4, 4e-3
+    target = torch.randn(d, r, generator=torch.Generator().manual_seed(3))
+
+    def moved(get_r, params, steps: int) -> float:
+        opt = torch.optim.Adam(params, lr=lr)
+        start = get_r().detach().clone()
+        for _ in range(steps):
+            loss = -(get_r() * target).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return float((get_r().detach() - start).norm())
+
+    for steps in (1, 5):
+        torch.manual_seed(0)
+        reference = nn.Linear(r, d, bias=False)  # weight [d, r], as pyreft's LowRankRotateLayer
+        nn.init.orthogonal_(reference.weight)
+        orthogonal(reference)
+        ours = INTERVENTIONS["loreft"](d, r).rotate
+        want = moved(lambda ref=reference: ref.weight, list(reference.parameters()), steps)
+        got = moved(ours, list(ours.parameters()), steps)
+        assert abs(got / want - 1) < 0.1, (steps, got, want)

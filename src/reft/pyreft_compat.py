@@ -44,6 +44,7 @@ from torch import nn
 
 from .config import COMPONENTS, ReftConfig
 from .interventions import get_intervention_class
+from .interventions.orthogonal import INIT_SCALE
 from .io import WEIGHTS_NAME, atomic_directory
 from .positions import parse_positions
 
@@ -155,7 +156,7 @@ def _rotation(state: dict[str, torch.Tensor], where: str) -> torch.Tensor:
             f"{where}: pyreft's rotate_layer is not orthonormal (max |RᵀR − I| = {error:.3g}); torch's orthogonal "
             "parametrisation collapses under weight decay. reft's orthonormal R cannot represent it"
         )
-    return r
+    return r * INIT_SCALE  # stored as a fresh R is: further training steps it at the same rate
 
 
 def _get(state: dict[str, torch.Tensor], key: str, where: str) -> torch.Tensor:
