@@ -182,7 +182,7 @@ def main(argv=None):
     load_start = machine_load()
 
     model, tokenizer = model_cache.load()
-    train, heldout = task.make_task()
+    train, heldout = task.make_task(n_heldout=args.heldout)
     if args.limit_train:
         train = train[: args.limit_train]
     if args.limit_heldout:

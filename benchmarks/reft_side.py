@@ -103,7 +103,7 @@ def main(argv=None):
     t_start, load_start = time.perf_counter(), machine_load()
 
     model, tokenizer = load_model("smollm2")
-    train, heldout = task.make_task()
+    train, heldout = task.make_task(n_heldout=args.heldout)
     train = train[: args.limit_train] if args.limit_train else train
     heldout = heldout[: args.limit_heldout] if args.limit_heldout else heldout
     dataset = make_supervised_dataset(
