@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -70,7 +71,16 @@ def ratios(reft: dict, peer: dict, fl: dict) -> dict:
         "step_over_floor_response_logits": step / (1 / fl["response_logits_examples_per_s"]),
         "step_over_floor_full_logits": step / (1 / fl["full_logits_examples_per_s"]),
         "peak_rss_reft_over_pyreft": reft["peak_rss_mib"] / peer["peak_rss_mib"],
+        **_em_difference(reft, peer),
     }
+
+
+def _em_difference(reft: dict, peer: dict) -> dict:
+    """reft − pyreft held-out exact match with a 95% half-width, counting every (seed, example) as one trial."""
+    n = [sum(r["n_heldout"] for r in x["runs"]) for x in (reft, peer)]
+    p = [reft["exact_match"], peer["exact_match"]]
+    se = math.sqrt(sum(q * (1 - q) / k for q, k in zip(p, n)))
+    return {"exact_match_reft_minus_pyreft": p[0] - p[1], "exact_match_difference_95": 1.96 * se}
 
 
 def _range(x: dict, key: str, fmt: str) -> str:
@@ -90,15 +100,16 @@ def table(results: dict) -> str:
                         f"{_range(x, 'final_epoch_loss', '.4f')} | {_range(x, 'exact_match', '.1%')} | "
                         f"{x['peak_rss_mib']:.0f} | {g['batch16_ratio']:.3f} | {g['batch1_ratio']:.3f} |")
     rows += ["", "| setting | reft ÷ pyreft ex/s (target ≥ 2.0) | per repeat | step ÷ floor, response logits (≤ 1.10) "
-             "| step ÷ floor, full logits | RSS reft ÷ pyreft (≤ 0.8) | floor ex/s (response / full logits) |",
-             "|---|---|---|---|---|---|---|"]
+             "| step ÷ floor, full logits | RSS reft ÷ pyreft (≤ 0.8) | floor ex/s (response / full logits) "
+             "| EM reft − pyreft (95%) |", "|---|---|---|---|---|---|---|---|"]
     for s, r in results["settings"].items():
         q, f = r["ratios"], r["floor"]
         paired = ", ".join(f"{x:.2f}" for x in q["examples_per_s_reft_over_pyreft_paired"])
         rows.append(f"| {s} | {q['examples_per_s_reft_over_pyreft']:.2f} | {paired} | "
                     f"{q['step_over_floor_response_logits']:.2f} | {q['step_over_floor_full_logits']:.2f} | "
                     f"{q['peak_rss_reft_over_pyreft']:.2f} | {f['response_logits_examples_per_s']:.2f} / "
-                    f"{f['full_logits_examples_per_s']:.2f} |")
+                    f"{f['full_logits_examples_per_s']:.2f} | {q['exact_match_reft_minus_pyreft']:+.1%} "
+                    f"± {q['exact_match_difference_95']:.1%} |")
     v = results["versions"]
     rows += ["", f"SmolLM2-135M-Instruct fp32, CPU, {results['threads']} threads, batch 8, lr 4e-3, 2 epochs, "
              f"{results['n_train']} training / {results['n_heldout']} held-out examples; {n} repeat(s) per library "
