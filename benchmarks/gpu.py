@@ -36,12 +36,12 @@ import torch
 import transformers
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "src")]
-from common import DESCRIPTION  # noqa: E402
-
+sys.path.insert(0, str(HERE.parent / "src"))
 LAYERS = {"a": [11], "b": [3, 9, 15, 21], "c": [3, 9, 15, 21]}
 POSITIONS = {"a": "l1", "b": "f7+l7", "c": "f7+l7"}
 RANK, PROMPT, RESPONSE = 4, 448, 64
+DESCRIPTION = {"a": "1 LoReFT, layer 11, last prompt position", "b": "f7+l7 on layers 3;9;15;21, tied",
+               "c": "f7+l7 on layers 3;9;15;21, untied"}
 
 
 def build_model(tiny: bool, device: str) -> transformers.PreTrainedModel:
@@ -131,7 +131,7 @@ def one_run(args) -> dict:
         sync()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     step = statistics.median(times)
     return {
         "library": args.library, "setting": args.setting, "device": torch.cuda.get_device_name() if

@@ -174,6 +174,8 @@ noisy. Software: torch {env.get("torch", "?")}, transformers {env.get("transform
 peft {env.get("peft", "?")}, Python {env.get("python", "?")}. Because of this budget, all training sets are small
 subsets and training is short (1–2 epochs); these numbers compare methods under identical small budgets and are
 **not** comparable with the paper's full-data numbers.
+ReFT runs here predate storing the orthonormal R's matrix at half scale (`INIT_SCALE`, which doubles R's step
+under Adam to match pyreft's): not re-run since.
 
 ## Encoder: MiniLM-L6 (`load_model("minilm")`, d = 384, 6 layers) on GLUE
 
