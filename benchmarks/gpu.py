@@ -19,6 +19,9 @@ weights' own bytes. reft is imported from this checkout's ``src``. ``--library p
 importable; a GPU machine that lacks them takes wheels (pure Python) downloaded here:
 
     pip download --no-deps -d .whl pyreft==0.1.0 pyvene==0.1.8 datasets dill multiprocess
+    # and reft's transformers when the machine's is older than pyproject's floor (the H200 image had 5.17):
+    pip download --no-deps -d .whl --python-version 3.12 --only-binary=:all: --platform manylinux_2_28_x86_64 \
+        transformers==5.24.0 tokenizers==0.23.3 huggingface_hub==2.4.0 safetensors==0.8.0
     # there: pip install --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site python benchmarks/gpu.py ...
 """
 
