@@ -39,10 +39,11 @@ import torch
 import transformers
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
-LAYERS = {"a": [11], "b": [3, 9, 15, 21], "c": [3, 9, 15, 21]}
-POSITIONS = {"a": "l1", "b": "f7+l7", "c": "f7+l7"}
-RANK, PROMPT, RESPONSE = 4, 448, 64
+sys.path[:0] = [str(HERE), str(HERE.parent / "src")]
+from common import POSITIONS, RANK  # noqa: E402
+
+LAYERS = {"a": [11], "b": [3, 9, 15, 21], "c": [3, 9, 15, 21]}  # (a): the middle of 22 layers
+PROMPT, RESPONSE = 448, 64
 DESCRIPTION = {"a": "1 LoReFT, layer 11, last prompt position", "b": "f7+l7 on layers 3;9;15;21, tied",
                "c": "f7+l7 on layers 3;9;15;21, untied"}
 
@@ -85,23 +86,11 @@ def reft_step_fn(model, setting: str, batch: int):
 
 
 def pyreft_step_fn(model, setting: str, batch: int):
-    import pyreft
+    from peer_pyreft import build_model, unit_locations  # the CPU benchmark's pyreft side (needs pyreft)
 
-    layers = LAYERS[setting] * (2 if setting == "c" else 1)  # untied: prefix copies, then suffix copies
-    dtype = next(model.parameters()).dtype
-    reps = [{"layer": layer, "component": "block_output", "low_rank_dimension": RANK,
-             "intervention": pyreft.LoreftIntervention(embed_dim=model.config.hidden_size, low_rank_dimension=RANK,
-                                                       dtype=dtype)} for layer in layers]
-    reft_model = pyreft.get_reft_model(model, pyreft.ReftConfig(representations=reps))
+    reft_model, n = build_model(model, setting, LAYERS[setting], next(model.parameters()).dtype)
     reft_model.set_device(model.device)
-    if setting == "a":
-        per_intervention = [[PROMPT - 1]] * len(layers)
-    else:
-        first, last = pyreft.parse_positions(POSITIONS[setting])
-        per_intervention = pyreft.get_intervention_locations(
-            last_position=PROMPT, first_n=first, last_n=last, pad_mode="last", num_interventions=len(layers),
-            share_weights=setting == "b")
-    locations = [[row] * batch for row in per_intervention]  # [intervention][batch][positions]
+    locations = unit_locations(setting, torch.ones(batch, PROMPT, dtype=torch.long), n)  # training: prompt only
 
     def loss(b):
         _, out = reft_model({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]},

@@ -94,8 +94,9 @@ class Trainer(pyreft.ReftTrainerForCausalLM):
         return out
 
 
-def build_model(model, setting: str):
-    layers = LAYERS[setting]
+def build_model(model, setting: str, layers: list[int] | None = None, dtype: torch.dtype = torch.float32):
+    """pyreft's intervenable model for ``setting`` (on ``layers``, default the CPU benchmark's), and its size."""
+    layers = layers or LAYERS[setting]
     if setting == "c":
         layers = layers + layers  # untied: one intervention per (layer, prefix|suffix)
     reps = [
@@ -104,7 +105,7 @@ def build_model(model, setting: str):
             "component": "block_output",
             "low_rank_dimension": RANK,
             "intervention": pyreft.LoreftIntervention(
-                embed_dim=model.config.hidden_size, low_rank_dimension=RANK, dtype=torch.float32
+                embed_dim=model.config.hidden_size, low_rank_dimension=RANK, dtype=dtype
             ),
         }
         for layer in layers

@@ -105,6 +105,7 @@ class ReftModel(nn.Module):
             target = component_module(blocks[i], cfg.component)
             register_intervention_hook(target, self._ctx, parts, on_input=cfg.component == "block_input")
         self._generating: tuple[torch.Tensor, int] | None = None
+        self._cache_key = _cache_name(transformers_model(model))  # looked up once, not per forward
         # training loss: run the frozen prompt prefix once without autograd (see _decoder_hidden)
         self.split_frozen_prefix = True
         # on the module whose forward `generate` calls each step (inside a PeftModel: the transformers model)
@@ -245,7 +246,7 @@ class ReftModel(nn.Module):
             return out.last_hidden_state, 0
         if shared >= 2 and split < shared and not kwargs and supports_shared_prefix(base.config):
             return self._prefix_row_hidden(base, input_ids, attention_mask, positions, shared), shared
-        cache, key = None, _cache_name(base)
+        cache, key = None, self._cache_key
         if shared >= 2:  # chunk 1: the shared prefix, once
             self._ctx.positions = _prefix_edits(positions, shared)
             with torch.set_grad_enabled(torch.is_grad_enabled() and shared > split):
@@ -329,7 +330,7 @@ class ReftModel(nn.Module):
         if self._generating is None:
             return None
         positions, batch = self._generating
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers ≥ 5.24 / earlier
+        cache = kwargs.get(self._cache_key)
         cached = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
         if cached:
             self._ctx.positions = None  # a decode step: the edit reaches it through the KV cache
