@@ -77,12 +77,12 @@ def linear_cross_entropy(
     Args:
         h: ``[N, d]`` hidden states (gradient flows to them).
         weight: ``[V, d]`` head weight; bias: ``[V]`` or ``None``. They must not require grad (a frozen head): use
-            the plain expression for a trainable one.
+            the plain expression for a trainable one (under ``torch.no_grad`` any head will do).
         targets: ``[N]`` class ids, all valid (select the labelled positions first).
         reduction: ``"sum"``, ``"mean"`` or ``"none"``.
         chunk: vocabulary columns per block; default: 2048 on CPU, 32768 elsewhere.
     """
-    if weight.requires_grad or (bias is not None and bias.requires_grad):
+    if torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad)):
         raise ValueError("linear_cross_entropy computes no gradient for the head: use F.cross_entropy(F.linear(...)) "
                          "when the head is trainable")
     if reduction not in ("sum", "mean", "none"):

@@ -23,6 +23,7 @@ from ..interventions import get_intervention_class
 from ..loss import linear_cross_entropy
 from ..positions import parse_positions, prompt_positions
 from .attention import shared_prefix_attention, shared_prefix_mask, supports_shared_prefix
+from .frozen_cache import FrozenBatch, FrozenCache, stochastic_modules
 from .hooks import InterventionContext, register_intervention_hook
 from .layers import component_module, find_layers, model_dims
 
@@ -57,6 +58,16 @@ def _prefix_edits(positions: torch.Tensor, shared: int) -> torch.Tensor:
 def _edits_after(positions: torch.Tensor, start: int) -> torch.Tensor:
     """Each row's edits from ``start`` on, relative to ``start`` (``-1`` before it)."""
     return torch.where(positions >= start, positions - start, -1)
+
+
+def _reusing(frozen: FrozenBatch | None, index) -> contextlib.AbstractContextManager:
+    """Around a base-model forward over ``index`` of the batch layout: replay or capture the frozen blocks."""
+    return frozen.call(index) if frozen is not None else contextlib.nullcontext()
+
+
+def _finish(frozen: FrozenBatch | None, shared: int) -> None:
+    if frozen is not None:
+        frozen.finish(shared)
 
 
 class ReftModel(nn.Module):
@@ -108,10 +119,22 @@ class ReftModel(nn.Module):
         self._cache_key = _cache_name(transformers_model(model))  # looked up once, not per forward
         # training loss: run the frozen prompt prefix once without autograd (see _decoder_hidden)
         self.split_frozen_prefix = True
+        # training loss: blocks below the lowest edit run once per example, then their output is reused (set to
+        # None to turn off; `.frozen_cache.max_bytes` bounds it)
+        self.frozen_cache = self._make_frozen_cache(blocks)
         # on the module whose forward `generate` calls each step (inside a PeftModel: the transformers model)
         self._ctx.handles.append(
             transformers_model(model).register_forward_pre_hook(self._generation_step, with_kwargs=True)
         )
+
+    def _make_frozen_cache(self, blocks: nn.ModuleList) -> FrozenCache | None:
+        cfg = self.reft_config
+        if cfg.component != "block_output" or is_peft_model(self.model):
+            return None
+        lowest = min(cfg.layers)
+        above = {id(m) for block in blocks[lowest + 1:] for m in block.modules()}
+        below = [m for m in self.model.modules() if id(m) not in above]
+        return FrozenCache(blocks, lowest, stochastic_modules(below))
 
     # ---- plumbing ------------------------------------------------------------------------------------------
     def __getattr__(self, name: str):
@@ -241,30 +264,52 @@ class ReftModel(nn.Module):
         base = self.model.base_model
         positions = self._ctx.positions
         shared, split = self._chunk_bounds(input_ids, attention_mask, positions, labels)
+        frozen = self._frozen_batch(input_ids, attention_mask, kwargs)
         if max(shared, split) < 2:
-            out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+            with _reusing(frozen, (slice(None), slice(None))):
+                out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+            _finish(frozen, 0)
             return out.last_hidden_state, 0
         if shared >= 2 and split < shared and not kwargs and supports_shared_prefix(base.config):
-            return self._prefix_row_hidden(base, input_ids, attention_mask, positions, shared), shared
+            hidden = self._prefix_row_hidden(base, input_ids, attention_mask, positions, shared, frozen)
+            _finish(frozen, shared)
+            return hidden, shared
         cache, key = None, self._cache_key
         if shared >= 2:  # chunk 1: the shared prefix, once
             self._ctx.positions = _prefix_edits(positions, shared)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and shared > split):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and shared > split), \
+                    _reusing(frozen, (slice(0, 1), slice(0, shared))):
                 cache = getattr(base(input_ids=input_ids[:1, :shared], attention_mask=attention_mask[:1, :shared],
                                      use_cache=True), key)
             cache.batch_repeat_interleave(input_ids.shape[0])
         start = shared if shared >= 2 else 0
         if split > start:  # chunk 2: the rest of the frozen part, without autograd
-            with torch.no_grad(), self.disable_interventions():
+            with torch.no_grad(), self.disable_interventions(), _reusing(frozen, (slice(None), slice(start, split))):
                 cache = getattr(base(input_ids=input_ids[:, start:split], attention_mask=attention_mask[:, :split],
                                      use_cache=True, **{key: cache}), key)
             start = split
         self._ctx.positions = _edits_after(positions, start)  # relative to the last chunk
-        out = base(input_ids=input_ids[:, start:], attention_mask=attention_mask, use_cache=True,
-                   **{key: cache}, **kwargs)
+        with _reusing(frozen, (slice(None), slice(start, None))):
+            out = base(input_ids=input_ids[:, start:], attention_mask=attention_mask, use_cache=True,
+                       **{key: cache}, **kwargs)
+        _finish(frozen, shared if shared >= 2 else 0)
         return out.last_hidden_state, start
 
-    def _prefix_row_hidden(self, base, input_ids, attention_mask, positions, shared: int) -> torch.Tensor:
+    def _frozen_batch(self, input_ids, attention_mask, kwargs) -> FrozenBatch | None:
+        """This batch's use of :attr:`frozen_cache` (``None``: compute everything, store nothing)."""
+        if (self.frozen_cache is None or kwargs or not self._ctx.enabled or self._checkpointing()
+                or any(p.requires_grad for p in self.model.parameters())):
+            return None
+        return self.frozen_cache.begin(input_ids, attention_mask)
+
+    def _checkpointing(self) -> bool:
+        checkpointing = getattr(self.model, "is_activation_checkpointing", None)
+        if checkpointing is None:
+            checkpointing = getattr(self.model, "is_gradient_checkpointing", False)
+        return bool(checkpointing)
+
+    def _prefix_row_hidden(self, base, input_ids, attention_mask, positions, shared: int,
+                           frozen: FrozenBatch | None = None) -> torch.Tensor:
         """Hidden states from ``shared`` on, with the edited shared prefix as an extra row 0 of the same forward.
 
         Row 0 = the prefix, rows ``1..B`` = each row after it (see :mod:`reft.model.attention`); position ids
@@ -288,8 +333,12 @@ class ReftModel(nn.Module):
         edits = torch.cat([_prefix_edits(positions, shared), _edits_after(positions, shared)])  # [B+1, K]
         self._ctx.positions = torch.where(edits >= 0, packed_at.gather(1, edits.clamp(min=0)), -1)
         self._ctx.rows = torch.zeros(batch + 1, dtype=torch.long, device=input_ids.device)
+        # the packed row's tokens in the [B, T] batch layout (for the frozen cache): row 0 is batch row 0's prefix
+        layout_row, column = index // width, index % width
+        batch_index = ((layout_row - 1).clamp(min=0)[None],
+                       torch.where(layout_row == 0, column, column + shared)[None])
         try:
-            with shared_prefix_attention(base.config, index):
+            with shared_prefix_attention(base.config, index), _reusing(frozen, batch_index):
                 out = base(input_ids=ids.flatten()[index][None], attention_mask=shared_prefix_mask(shared, valid),
                            position_ids=position_ids.flatten()[index][None], use_cache=False)
         finally:
@@ -300,11 +349,8 @@ class ReftModel(nn.Module):
 
     def _chunk_bounds(self, input_ids, attention_mask, positions, labels=None) -> tuple[int, int]:
         """``(shared, split)``: the shared-prefix length and the first edited position (0 when not applicable)."""
-        checkpointing = getattr(self.model, "is_activation_checkpointing", None)
-        if checkpointing is None:
-            checkpointing = getattr(self.model, "is_gradient_checkpointing", False)
         valid = positions[positions >= 0]
-        if not self.split_frozen_prefix or not self._ctx.enabled or checkpointing or not valid.numel():
+        if not self.split_frozen_prefix or not self._ctx.enabled or self._checkpointing() or not valid.numel():
             # gradient checkpointing drops the KV cache inside the layers, and its recompute in backward would run
             # outside the prefix-row attention switch: no chunking then
             return 0, 0
