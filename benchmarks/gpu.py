@@ -12,7 +12,8 @@ HF's ``labels=`` loss (as ``ReftTrainerForCausalLM`` computes it), reft through 
 settings are the CPU benchmark's (common.py): (a) layer 11 (the middle; the CPU model's 15 of 30), last prompt
 position; (b) f7+l7 on 3;9;15;21 tied; (c) untied. Random tokens share no prompt prefix, so reft's shared-prefix
 saving does not apply here: what remains is response-only logits, no autograd below the lowest intervened layer's
-first edited position, and the cheaper orthonormal R.
+first edited position, and the cheaper orthonormal R. Every step sees new batches, so the figures are an epoch-1
+cost: reft's frozen-block cache only fills (it pays off from the second epoch on).
 
 Figures per run: tokens/s over ``--steps`` timed steps after ``--warmup``, peak GPU memory (allocated) and the
 weights' own bytes. reft is imported from this checkout's ``src``. ``--library pyreft`` needs pyreft and pyvene
