@@ -72,15 +72,21 @@ def test_replay_gives_the_same_loss_and_gradients(arch, attn, layers, positions,
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_training_with_the_cache_ends_where_training_without_it_does():
-    """Two shuffled epochs (batches regrouped, so shared prefixes and padding differ from epoch 1): same weights."""
+def _examples(n: int) -> list[dict]:
+    """Tokenised examples that share a 5-token prefix, prompts of 2 + i tokens after it, 3-token responses."""
     g = torch.Generator().manual_seed(0)
     head = torch.randint(3, 64, (5,), generator=g).tolist()
     examples = []
-    for i in range(6):
+    for i in range(n):
         p = head + torch.randint(3, 64, (2 + i,), generator=g).tolist()
         r = torch.randint(3, 64, (3,), generator=g).tolist()
         examples.append({"input_ids": p + r, "labels": [-100] * len(p) + r, "prompt_lengths": len(p)})
+    return examples
+
+
+def test_training_with_the_cache_ends_where_training_without_it_does():
+    """Two shuffled epochs (batches regrouped, so shared prefixes and padding differ from epoch 1): same weights."""
+    examples = _examples(6)
     collate = ReftDataCollator(pad_token_id=0)
     orders = [[0, 1, 2, 3, 4, 5], [4, 1, 5, 0, 3, 2]]
     final = []
@@ -143,3 +149,18 @@ def test_cache_respects_its_size_bound():
 def test_no_cache_for_interventions_that_are_not_on_block_outputs():
     reft_model = get_reft_model(tiny_llama(), ReftConfig(layers=[1], positions="l1", rank=2, component="mlp_output"))
     assert reft_model.frozen_cache is None
+
+
+def test_trainer_replays_from_the_second_epoch_and_empties_the_cache_after(tmp_path):
+    from transformers import TrainingArguments
+
+    from reft.trainer import ReftTrainer
+
+    reft_model = get_reft_model(tiny_llama(), ReftConfig(layers=[1, 2], positions="f2+l2", rank=2, tied=False))
+    data = _examples(8)
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=4,
+                             learning_rate=1e-2, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+                             remove_unused_columns=False, seed=0)
+    ReftTrainer(model=reft_model, args=args, train_dataset=data, data_collator=ReftDataCollator(0)).train()
+    assert reft_model.frozen_cache.replays == 4  # epochs 2 and 3, 2 batches each (shuffled: other groupings)
+    assert len(reft_model.frozen_cache) == 0 and reft_model.frozen_cache.nbytes == 0

@@ -44,13 +44,23 @@ class ReftTrainer(Trainer):
       renamed into place once complete, so a crash mid-save leaves the previous checkpoint as the newest one;
     * the training data is checked before the first step: examples whose labels are all masked are refused,
       and positions that no training prompt is long enough to hold raise a warning (see docs/reliability.md);
-    * a NaN/inf loss stops training with the step named; the last saved checkpoint stays intact.
+    * a NaN/inf loss stops training with the step named; the last saved checkpoint stays intact;
+    * the model's frozen-block cache (``ReftModel.frozen_cache``, filled in epoch 1, reused after) is emptied when
+      ``train`` returns, so its memory goes back.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if self.train_dataset is not None:
             self._check_train_data(self.train_dataset)
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            cache = getattr(self._unwrapped(), "frozen_cache", None)
+            if cache is not None:
+                cache.clear()
 
     # ---- checks ----------------------------------------------------------------------------------------------
     def _check_train_data(self, dataset) -> None:

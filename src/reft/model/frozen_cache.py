@@ -104,6 +104,7 @@ class FrozenCache:
         self.blocks, self.layer, self.stochastic, self.max_bytes = blocks, layer, stochastic, max_bytes
         self._store: dict[bytes, torch.Tensor] = {}
         self.nbytes = 0
+        self.replays = 0  # batches that skipped blocks 0..L (kept across clear())
 
     def __len__(self) -> int:
         return len(self._store)
@@ -131,6 +132,7 @@ class FrozenCache:
         stored = [self._store.get(k) for k in keys]
         if any(h is None for h in stored):
             return FrozenBatch(self, keys, lengths, None) if self.nbytes < self.max_bytes else None
+        self.replays += 1
         full = stored[0].new_zeros(len(keys), mask.shape[1], stored[0].shape[-1])
         for b, h in enumerate(stored):
             full[b, : h.shape[0]] = h
