@@ -259,7 +259,9 @@ class ReftModel(nn.Module):
         * tokens before the first edited position ``c`` are the frozen model's computation: they run without
           autograd, so backward stops at ``c``.
 
-        The rest runs after them (with the cached keys/values). ``offset`` = where that rest starts.
+        The rest runs after them (with the cached keys/values). ``offset`` = where that rest starts. Across calls,
+        blocks below the lowest edited layer run once per example (:attr:`frozen_cache`, see
+        :mod:`reft.model.frozen_cache`).
         """
         base = self.model.base_model
         positions = self._ctx.positions
