@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import DECODERS, tiny_gpt2, tiny_llama
 from test_model import _lm_batch, _nonzero_init, _shared_prefix_batch
 
@@ -82,6 +83,26 @@ def _examples(n: int) -> list[dict]:
         r = torch.randint(3, 64, (3,), generator=g).tolist()
         examples.append({"input_ids": p + r, "labels": [-100] * len(p) + r, "prompt_lengths": len(p)})
     return examples
+
+
+def test_batch_padded_beyond_its_longest_row():
+    """Padding to a fixed length (``padding="max_length"``, ``pad_to_multiple_of``): capture and replay still equal
+    the model without the cache."""
+    batch = {k: F.pad(v, (0, 3), value=-100 if k == "labels" else 0) if v.dim() == 2 else v
+             for k, v in _lm_batch().items()}
+    results = []
+    for use_cache in (False, True):
+        reft_model = get_reft_model(tiny_llama(), ReftConfig(layers=[1], positions="l1", rank=2))
+        _nonzero_init(reft_model)
+        if not use_cache:
+            reft_model.frozen_cache = None
+        for _ in range(1 + use_cache):  # with the cache: capture, then replay
+            results.append(_loss_and_grads(reft_model, batch))
+    assert reft_model.frozen_cache.replays == 1
+    for loss, grads in results[1:]:
+        torch.testing.assert_close(loss, results[0][0], rtol=1e-5, atol=1e-6)
+        for a, b in zip(grads, results[0][1]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_training_with_the_cache_ends_where_training_without_it_does():

@@ -48,11 +48,12 @@ def _find_cache(args: tuple, kwargs: dict):
 class FrozenBatch:
     """One batch's use of the cache: ``replay`` (every row known) or capture (compute, then store the rows)."""
 
-    def __init__(self, owner: FrozenCache, keys: list[bytes], lengths: list[int], full: torch.Tensor | None) -> None:
+    def __init__(self, owner: FrozenCache, keys: list[bytes], lengths: list[int], width: int,
+                 full: torch.Tensor | None) -> None:
         self.owner, self.keys, self.lengths = owner, keys, lengths
         self.full = full  # [B, T, d] h_L in the batch layout; allocated at the first capture when not replaying
         self.replay = full is not None
-        self._shape = (len(keys), max(lengths) if lengths else 0)
+        self._shape = (len(keys), width)  # T: the batch's width, padding included
 
     @contextlib.contextmanager
     def call(self, index: Index) -> Iterator[None]:
@@ -131,12 +132,12 @@ class FrozenCache:
         keys = [ids[b, :n].numpy().tobytes() for b, n in enumerate(lengths)]
         stored = [self._store.get(k) for k in keys]
         if any(h is None for h in stored):
-            return FrozenBatch(self, keys, lengths, None) if self.nbytes < self.max_bytes else None
+            return FrozenBatch(self, keys, lengths, mask.shape[1], None) if self.nbytes < self.max_bytes else None
         self.replays += 1
         full = stored[0].new_zeros(len(keys), mask.shape[1], stored[0].shape[-1])
         for b, h in enumerate(stored):
             full[b, : h.shape[0]] = h
-        return FrozenBatch(self, keys, lengths, full.to(input_ids.device))
+        return FrozenBatch(self, keys, lengths, mask.shape[1], full.to(input_ids.device))
 
     @contextlib.contextmanager
     def skipping(self, h: torch.Tensor) -> Iterator[None]:
