@@ -91,16 +91,15 @@ def _em_difference(reft: dict, peer: dict) -> dict:
     from scipy import stats
 
     em = [[r["exact_match"] for r in x["runs"]] for x in (reft, peer)]
-    diff = statistics.fmean(em[0]) - statistics.fmean(em[1])
+    p = [reft["exact_match"], peer["exact_match"]]  # means over the runs (aggregate)
     seeds = {}
     if min(len(e) for e in em) > 1:
         v = [statistics.variance(e) / len(e) for e in em]
         df = sum(v) ** 2 / sum(x**2 / (len(e) - 1) for x, e in zip(v, em)) if sum(v) else 1.0
         seeds = {"exact_match_difference_95_across_seeds": float(stats.t.ppf(0.975, df)) * math.sqrt(sum(v))}
     n = [sum(r["n_heldout"] for r in x["runs"]) for x in (reft, peer)]
-    p = [reft["exact_match"], peer["exact_match"]]
     se = math.sqrt(sum(q * (1 - q) / k for q, k in zip(p, n)))
-    return {"exact_match_reft_minus_pyreft": diff, "exact_match_difference_95": 1.96 * se, **seeds}
+    return {"exact_match_reft_minus_pyreft": p[0] - p[1], "exact_match_difference_95": 1.96 * se, **seeds}
 
 
 def _range(x: dict, key: str, fmt: str) -> str:

@@ -213,20 +213,23 @@ class ReftModel(nn.Module):
             ref = input_ids if input_ids is not None else kwargs["inputs_embeds"][..., 0]
             attention_mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
         self.set_positions(attention_mask, prompt_lengths)
-        if labels is not None and self._sparse_loss_ok(kwargs):
-            return self._sparse_lm_loss(input_ids, attention_mask, labels, num_items_in_batch, **kwargs)
+        if labels is not None:
+            trainable_base = any(p.requires_grad for p in self.model.parameters())  # one scan per forward
+            if self._sparse_loss_ok(kwargs, trainable_base):
+                return self._sparse_lm_loss(input_ids, attention_mask, labels, num_items_in_batch,
+                                            reuse_frozen=not trainable_base)
         if labels is not None and num_items_in_batch is not None:
             kwargs["num_items_in_batch"] = num_items_in_batch
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
 
-    def _sparse_loss_ok(self, kwargs: dict) -> bool:
+    def _sparse_loss_ok(self, kwargs: dict, trainable_base: bool) -> bool:
         lm = transformers_model(self.model)
         cfg = lm.config
         # the fast path runs part of the prompt without autograd: only valid when the base model is frozen (a
         # peft/LoRA base or freeze_base=False takes the plain path, with gradients through every position)
         return (
             not is_peft_model(self.model)
-            and not (torch.is_grad_enabled() and any(p.requires_grad for p in self.model.parameters()))
+            and not (torch.is_grad_enabled() and trainable_base)
             and getattr(cfg, "model_type", None) in _PLAIN_LM_HEAD
             and getattr(cfg, "final_logit_softcapping", None) is None
             and lm.get_output_embeddings() is not None
@@ -234,8 +237,8 @@ class ReftModel(nn.Module):
             and not kwargs
         )
 
-    def _sparse_lm_loss(self, input_ids, attention_mask, labels, num_items_in_batch, **kwargs):
-        hidden, offset = self._decoder_hidden(input_ids, attention_mask, labels, **kwargs)
+    def _sparse_lm_loss(self, input_ids, attention_mask, labels, num_items_in_batch, *, reuse_frozen: bool = False):
+        hidden, offset = self._decoder_hidden(input_ids, attention_mask, labels, reuse_frozen=reuse_frozen)
         targets = labels[:, offset + 1:]
         keep = targets != -100  # [B, T-1-offset]
         h = hidden[:, :-1][keep]  # [N, d]: only positions that predict a label
@@ -246,7 +249,8 @@ class ReftModel(nn.Module):
             denom = denom.to(loss.device)
         return CausalLMOutputWithPast(loss=loss / denom, logits=None)
 
-    def _decoder_hidden(self, input_ids, attention_mask, labels=None, **kwargs) -> tuple[torch.Tensor, int]:
+    def _decoder_hidden(self, input_ids, attention_mask, labels=None, *, reuse_frozen: bool = False,
+                        **kwargs) -> tuple[torch.Tensor, int]:
         """Last hidden states from position ``offset`` on, computing only what differs from work done elsewhere.
 
         Attention is causal, so a token's hidden states depend only on the tokens up to it. Two exact savings follow:
@@ -259,14 +263,14 @@ class ReftModel(nn.Module):
         * tokens before the first edited position ``c`` are the frozen model's computation: they run without
           autograd, so backward stops at ``c``.
 
-        The rest runs after them (with the cached keys/values). ``offset`` = where that rest starts. Across calls,
-        blocks below the lowest edited layer run once per example (:attr:`frozen_cache`, see
-        :mod:`reft.model.frozen_cache`).
+        The rest runs after them (with the cached keys/values). ``offset`` = where that rest starts. With
+        ``reuse_frozen`` (the caller has checked that no base parameter trains), blocks below the lowest edited layer
+        run once per example across calls (:attr:`frozen_cache`, see :mod:`reft.model.frozen_cache`).
         """
         base = self.model.base_model
         positions = self._ctx.positions
         shared, split = self._chunk_bounds(input_ids, attention_mask, positions, labels)
-        frozen = self._frozen_batch(input_ids, attention_mask, kwargs)
+        frozen = self._frozen_batch(input_ids, attention_mask, kwargs) if reuse_frozen else None
         if max(shared, split) < 2:
             with _reusing(frozen, (slice(None), slice(None))):
                 out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
@@ -299,8 +303,7 @@ class ReftModel(nn.Module):
 
     def _frozen_batch(self, input_ids, attention_mask, kwargs) -> FrozenBatch | None:
         """This batch's use of :attr:`frozen_cache` (``None``: compute everything, store nothing)."""
-        if (self.frozen_cache is None or kwargs or not self._ctx.enabled or self._checkpointing()
-                or any(p.requires_grad for p in self.model.parameters())):
+        if self.frozen_cache is None or kwargs or not self._ctx.enabled or self._checkpointing():
             return None
         return self.frozen_cache.begin(input_ids, attention_mask)
 
