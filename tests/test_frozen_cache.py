@@ -12,6 +12,9 @@ from reft import ReftConfig, get_reft_model
 from reft.data import ReftDataCollator
 from reft.model.layers import find_layers
 
+pytestmark = pytest.mark.exact
+
+
 BATCHES = {
     "random": lambda: _lm_batch(prompt=9),  # rows differ from the first token: no shared prefix
     "shared": lambda: _shared_prefix_batch(8),  # an 8-token prefix shared by every row

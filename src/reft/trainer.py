@@ -39,7 +39,8 @@ class ReftTrainer(Trainer):
     * checkpoints hold the adapter only (``reft_config.json`` + ``reft_model.safetensors``; plus peft's
       ``adapter_model.safetensors`` + ``adapter_config.json`` when the base is a peft model, e.g. LoReFT + LoRA)
       and `Trainer`'s own optimizer / scheduler / RNG state, so ``train(resume_from_checkpoint=…)`` resumes
-      exactly. transformers (≥ 4.57) reads that state back with ``torch.load(weights_only=True)``;
+      exactly (bitwise with the frozen-block cache off, up to fp32 rounding with it on: docs/reliability.md).
+      transformers (≥ 4.57) reads that state back with ``torch.load(weights_only=True)``;
     * each ``checkpoint-N`` folder appears atomically: it is written as ``.staging-checkpoint-N/checkpoint-N`` and
       renamed into place once complete, so a crash mid-save leaves the previous checkpoint as the newest one;
     * the training data is checked before the first step: examples whose labels are all masked are refused,

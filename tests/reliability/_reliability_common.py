@@ -60,11 +60,17 @@ class LossLog(TrainerCallback):
 
 
 def make_trainer(out_dir, *, config: ReftConfig | None = None, data=None, model=None, callbacks=(), eval_data=None,
-                 **args):
-    """A ReftTrainer on a fresh tiny Llama (seeded), logging every step, CPU only."""
+                 frozen_cache: bool = True, **args):
+    """A ReftTrainer on a fresh tiny Llama (seeded), logging every step, CPU only.
+
+    ``frozen_cache=False`` turns off the reuse of the frozen blocks' output: every batch is then computed in the
+    same shapes in an uninterrupted and a resumed run, so the two agree bitwise on any CPU.
+    """
     torch.manual_seed(0)
     config = config or ReftConfig(layers="1;2", positions="f2+l2", tied=False, rank=4, dropout=0.3)
     reft_model = get_reft_model(model if model is not None else tiny_llama(init=0.2), config)
+    if not frozen_cache:
+        reft_model.frozen_cache = None
     defaults = dict(output_dir=str(out_dir), num_train_epochs=2, per_device_train_batch_size=4, learning_rate=2e-2,
                     logging_steps=1, save_strategy="steps", save_steps=2, seed=5, report_to=[], disable_tqdm=True,
                     use_cpu=True, remove_unused_columns=False, warmup_steps=1, weight_decay=0.01)

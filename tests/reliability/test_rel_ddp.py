@@ -23,12 +23,19 @@ from reft.io import WEIGHTS_NAME
 from reft.trainer import ReftTrainer
 
 HERE = Path(__file__).resolve().parent
+# DDP runs two batches of 4 where one process runs one of 8: other GEMM shapes, so the gradients agree up to fp32
+# rounding only, and three Adam steps (lr 5e-2) carry that into the weights (measured up to 1.1e-6 on weights of
+# size ~0.3 with the instruction set limited to SSE4.2; 0 on AVX-512): equal within 1e-5
+DDP_ATOL = 1e-5
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+pytestmark = pytest.mark.exact
 
 
 def test_two_process_ddp_equals_one_process(tmp_path):
@@ -47,7 +54,7 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     assert ddp.keys() == single.keys()
     for key in single:
         assert not torch.equal(single[key], after_two[key]), key  # the last step still moved every tensor
-        torch.testing.assert_close(ddp[key], single[key], rtol=0, atol=1e-6, msg=key)
+        torch.testing.assert_close(ddp[key], single[key], rtol=0, atol=DDP_ATOL, msg=key)
     # every rank wrote its RNG state into the one atomically published checkpoint
     files = set(os.listdir(tmp_path / "ddp" / "run" / "checkpoint-2"))
     assert {"rng_state_0.pth", "rng_state_1.pth", WEIGHTS_NAME, "optimizer.pt"} <= files
