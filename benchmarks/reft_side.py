@@ -31,7 +31,7 @@ from common import LAYERS, POSITIONS, RANK, Timer, add_run_args, emit, machine_l
 from reft import ReftConfig, get_reft_model  # noqa: E402
 from reft.data import ReftDataCollator, make_supervised_dataset  # noqa: E402
 from reft.generation import encode_prompts  # noqa: E402
-from reft.models import load_model  # noqa: E402
+from reft.harness.models import load_model  # noqa: E402
 from reft.trainer import ReftTrainer  # noqa: E402
 
 

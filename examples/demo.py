@@ -22,8 +22,8 @@ from extraction_task import exact_match, make_task  # noqa: E402
 
 from reft import ReftConfig, ReftModel  # noqa: E402
 from reft.generation import generate_texts, render_chat  # noqa: E402
-from reft.models import load_model  # noqa: E402
-from reft.recipe import TrainSettings, train_reft  # noqa: E402
+from reft.harness.models import load_model  # noqa: E402
+from reft.harness.recipe import TrainSettings, train_reft  # noqa: E402
 
 
 def main() -> int:

@@ -57,7 +57,7 @@ def run_once(path: Path, fn, *args, keep_predictions: bool = False, **kwargs) ->
     result = compact(result, keep_predictions) | {"wall_s": round(time.perf_counter() - start, 1),
                                                   "environment": environment()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    from reft.io import atomic_write_text
+    from reft.save_load import atomic_write_text
 
     atomic_write_text(path, json.dumps(result, indent=1) + "\n")
     return result

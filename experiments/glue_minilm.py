@@ -22,10 +22,10 @@ from _common import RESULTS, RUNS, run_once, setup
 setup()
 
 from reft import ReftConfig  # noqa: E402
-from reft.baselines import LoraSettings  # noqa: E402
-from reft.models import load_model  # noqa: E402
-from reft.recipe import TrainSettings  # noqa: E402
-from reft.suite import run_task  # noqa: E402
+from reft.harness.baselines import LoraSettings  # noqa: E402
+from reft.harness.models import load_model  # noqa: E402
+from reft.harness.recipe import TrainSettings  # noqa: E402
+from reft.harness.suite import run_task  # noqa: E402
 
 TASKS = ("sst2", "cola", "stsb", "mrpc", "rte")
 TRAIN_SIZES = {"sst2": 300, "cola": 300, "stsb": 200, "mrpc": 150, "rte": 150}

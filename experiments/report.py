@@ -216,7 +216,7 @@ Run time: {g["time"]}.
 
 Protocol: train on a fixed random subset of the training split (subset seed 0, same for every method) for one
 epoch (batch 8, linear decay), then greedy generation on the first N examples of the test file, scored by the
-task's scorer (`reft.tasks`: label after "the correct answer is" for BoolQ/ARC-e, last number within 1e-3 for
+task's scorer (`reft.harness.tasks`: label after "the correct answer is" for BoolQ/ARC-e, last number within 1e-3 for
 SVAMP). Prompts are the paper's Alpaca template, without the chat template. One seed (0). No hyper-parameters were
 tuned (no dev split was run): learning rates were fixed in advance (ReFT 4e-3, LoRA 2e-3).
 
@@ -265,7 +265,7 @@ nice -n 10 .venv/bin/python experiments/decoder_smollm2.py  # 3 tasks × 3 metho
 .venv/bin/python experiments/report.py                      # this file
 ```
 
-Single runs through the CLI (the same code path, `reft.suite.run_task`):
+Single runs through the CLI (the same code path, `reft.harness.suite.run_task`):
 
 ```bash
 reft train --task sst2 --model minilm --limit 300 --method loreft --rank 1 --positions f1 --epochs 2 \\

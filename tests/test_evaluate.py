@@ -13,7 +13,8 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from reft import ReftConfig, get_reft_model
-from reft.baselines import (
+from reft.cli.main import main as cli_main
+from reft.harness.baselines import (
     LoraForSequenceClassification,
     LoraSettings,
     causal_lm_loss,
@@ -22,13 +23,17 @@ from reft.baselines import (
     load_lora,
     lora_parameters,
 )
-from reft.classification import ClassificationCollator, SelectOnDev, fit_classifier, make_classification_dataset
-from reft.cli.main import main as cli_main
-from reft.evaluate import evaluate_classification, evaluate_generation, write_results
-from reft.recipe import TrainSettings
-from reft.suite import run_task, subsample
-from reft.tasks import TaskSpec, get_task
-from reft.tasks.glue import glue_metric
+from reft.harness.classification import (
+    ClassificationCollator,
+    SelectOnDev,
+    fit_classifier,
+    make_classification_dataset,
+)
+from reft.harness.evaluate import evaluate_classification, evaluate_generation, write_results
+from reft.harness.recipe import TrainSettings
+from reft.harness.suite import run_task, subsample
+from reft.harness.tasks import TaskSpec, get_task
+from reft.harness.tasks.glue import glue_metric
 
 
 class WordTokenizer:

@@ -11,7 +11,7 @@ from conftest import random_batch, tiny_bert, tiny_gpt2, tiny_llama
 from torch import nn
 
 from reft import ReftConfig, ReftModel, get_reft_model
-from reft.io import WEIGHTS_NAME, atomic_directory
+from reft.save_load import WEIGHTS_NAME, atomic_directory
 
 
 def _trained(model, **cfg):

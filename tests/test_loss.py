@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reft.loss import linear_cross_entropy
+from reft.fast.loss import linear_cross_entropy
 
 
 def _reference(h, weight, targets, bias, reduction):

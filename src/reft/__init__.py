@@ -16,10 +16,10 @@ from .interventions import (
     OrthoDiReFT,
     register_intervention,
 )
-from .io import load_adapter, load_reft_state_dict, reft_state_dict, save_adapter
 from .model.reft_model import ClassificationHead, ReftModel, ReftModelForSequenceClassification, get_reft_model
 from .positions import PositionSpec, parse_positions, prompt_positions, split_counts
 from .pyreft_compat import import_pyreft
+from .save_load import load_adapter, load_reft_state_dict, reft_state_dict, save_adapter
 
 __version__ = "0.1.0"
 

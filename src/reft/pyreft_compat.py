@@ -45,8 +45,8 @@ from torch import nn
 from .config import COMPONENTS, ReftConfig
 from .interventions import get_intervention_class
 from .interventions.orthogonal import INIT_SCALE
-from .io import WEIGHTS_NAME, atomic_directory
 from .positions import parse_positions
+from .save_load import WEIGHTS_NAME, atomic_directory
 
 _FIELDS = (
     "layer component unit max_number_of_units low_rank_dimension intervention_type intervention subspace_partition "
@@ -282,9 +282,9 @@ def import_pyreft(
            "tied": not any(k.endswith("_first") for k in keys), "rank": rank, "intervention": _TYPES[kinds[0]],
            "act": None if act == "linear" else act, "dropout": dropout, "hidden_size": hidden}
     if model is not None:
-        from .io import check_compatible
         from .model.layers import model_dims
         from .model.reft_model import _model_name
+        from .save_load import check_compatible
 
         _, num_layers = model_dims(model)
         cfg |= {"num_layers": num_layers, "model_type": getattr(model.config, "model_type", None),

@@ -15,8 +15,8 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from .data import IGNORE_INDEX
-from .io import WEIGHTS_NAME, load_reft_state_dict, read_adapter, write_adapter_files
 from .positions import parse_positions
+from .save_load import WEIGHTS_NAME, load_reft_state_dict, read_adapter, write_adapter_files
 
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 

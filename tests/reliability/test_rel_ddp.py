@@ -19,7 +19,7 @@ from transformers import TrainingArguments
 
 from reft import ReftConfig, get_reft_model
 from reft.data import ReftDataCollator
-from reft.io import WEIGHTS_NAME
+from reft.save_load import WEIGHTS_NAME
 from reft.trainer import ReftTrainer
 
 HERE = Path(__file__).resolve().parent

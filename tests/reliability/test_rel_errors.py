@@ -113,7 +113,7 @@ def test_checkpoint_weights_of_another_hidden_size_are_refused(tmp_path):
     make_trainer(tmp_path, max_steps=2).train()
     other = get_reft_model(tiny_llama(hidden=64), ReftConfig(layers="1;2", positions="f2+l2", tied=False, rank=4))
     with pytest.raises(ValueError, match=r"layer1_first.rotate.weight has shape \(32, 4\), the model needs \(64, 4\)"):
-        from reft.io import load_reft_state_dict, read_adapter
+        from reft.save_load import load_reft_state_dict, read_adapter
 
         load_reft_state_dict(other, read_adapter(tmp_path / "checkpoint-2")[1])
 

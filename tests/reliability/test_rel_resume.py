@@ -14,7 +14,7 @@ from conftest import tiny_llama
 import reft.trainer as reft_trainer
 from reft import ReftModel
 from reft.interventions import orthonormalize
-from reft.io import WEIGHTS_NAME
+from reft.save_load import WEIGHTS_NAME
 
 pytestmark = pytest.mark.exact
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from reft.tasks import get_task
-from reft.tasks.alpaca import format_instruction_prompt, write_alpaca_eval_outputs
+from reft.harness.tasks import get_task
+from reft.harness.tasks.alpaca import format_instruction_prompt, write_alpaca_eval_outputs
 
 
 class FakeChatTokenizer:

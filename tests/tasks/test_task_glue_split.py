@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reft.tasks import get_task
-from reft.tasks.glue import split_dev_indices
+from reft.harness.tasks import get_task
+from reft.harness.tasks.glue import split_dev_indices
 
 # GLUE dev / train row counts from MANIFEST.md
 DEV_ROWS = {"sst2": 872, "cola": 1043, "mrpc": 408, "stsb": 1500, "rte": 277, "qnli": 5463}

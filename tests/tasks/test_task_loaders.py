@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from reft.tasks import TASKS, TaskSpec, data_root, get_task, task_names
-from reft.tasks.metrics import commonsense_labels
+from reft.harness.tasks import TASKS, TaskSpec, data_root, get_task, task_names
+from reft.harness.tasks.metrics import commonsense_labels
 
 # (task, split) -> rows, from /work/shared/data/MANIFEST.md (file row counts).
 EXPECTED_COUNTS = {

@@ -1,4 +1,4 @@
-"""Metric functions and answer extractors of reft.tasks.metrics on hand-made inputs."""
+"""Metric functions and answer extractors of reft.harness.tasks.metrics on hand-made inputs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reft.tasks.metrics import (
+from reft.harness.tasks.metrics import (
     accuracy,
     average_ranks,
     commonsense_labels,

@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate an adapter (or the bare model) on a task", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
-    p.add_argument("--task", required=True, help="task name from reft.tasks, e.g. boolq, arc_e, svamp, sst2, stsb")
+    p.add_argument("--task", required=True, help="task name from reft.harness.tasks, e.g. boolq, arc_e, sst2")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--adapter", default=None, help="ReFT adapter folder ('reft train' run folder/adapter)")
     which.add_argument("--lora", default=None, help="LoRA adapter folder ('reft train --method lora')")
@@ -42,9 +42,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate_classification, evaluate_generation, summary, write_results
-    from ..models import load_model
-    from ..tasks import get_task
+    from ..harness.evaluate import evaluate_classification, evaluate_generation, summary, write_results
+    from ..harness.models import load_model
+    from ..harness.tasks import get_task
 
     spec = get_task(args.task)
     if args.split not in spec.splits:
@@ -55,13 +55,13 @@ def run(args: argparse.Namespace) -> int:
                          "--lora with a classifier trained by 'reft train --task " + spec.name + "'")
     model, tokenizer = load_model(args.model, dtype=dtype_of(args.dtype))
     if args.adapter:
-        from ..io import load_adapter
+        from ..save_load import load_adapter
 
         model = load_adapter(model, args.adapter)
         if glue and not hasattr(model, "head"):
             raise ValueError(f"{args.adapter} has no classification head: it was not trained on a GLUE task")
     elif args.lora:
-        from ..baselines import load_lora
+        from ..harness.baselines import load_lora
 
         model = load_lora(model, args.lora)
     if glue:

@@ -34,8 +34,8 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..generation import generate_texts, render_chat
-    from ..io import load_adapter
-    from ..models import load_model
+    from ..harness.models import load_model
+    from ..save_load import load_adapter
 
     prompts = list(args.prompt)
     if args.prompts:

@@ -19,7 +19,7 @@ The data file has one JSON object per line: {"prompt": "...", "response": "..."}
 model's chat template unless --no-chat-template. The run folder gets adapter/, loss_curve.png and
 train_metrics.json; use the adapter with 'reft generate --adapter runs/demo/adapter'.
 
-With --task (see reft.tasks: boolq, arc_e, math_data_3k, sst2, rte, ...) the run trains on a seeded random subset
+With --task (see reft.harness.tasks: boolq, arc_e, math_data_3k, sst2, ...) the run trains on a seeded subset
 of --limit training examples, evaluates on --eval-split (first --eval-limit examples) and writes results.json.
 GLUE tasks (--model minilm) train a classification head with the interventions, pick the epoch on the seeded dev
 half and report on the held-out test half. --method lora trains the LoRA baseline (peft) on the same data.
@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     add_model_args(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="JSONL file with 'prompt' and 'response' fields")
-    src.add_argument("--task", help="a task of the suite (reft.tasks), e.g. boolq, arc_e, sst2")
+    src.add_argument("--task", help="a task of the suite (reft.harness.tasks), e.g. boolq, arc_e, sst2")
     p.add_argument("--method", default=None, choices=["loreft", "direft", "lora"],
                    help="loreft/direft (= --intervention) or the LoRA baseline (default: --intervention)")
     p.add_argument("--out", required=True, help="run folder (created; an existing adapter is replaced atomically)")
@@ -90,8 +90,8 @@ def _check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import ReftConfig
     from ..generation import render_chat
-    from ..models import load_model
-    from ..recipe import TrainSettings, train_reft
+    from ..harness.models import load_model
+    from ..harness.recipe import TrainSettings, train_reft
 
     _check_args(args)
     method = args.method or args.intervention or "loreft"
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = [render_chat(tokenizer, r["prompt"]) if args.chat_template else r["prompt"] for r in rows]
     responses = [r["response"] for r in rows]
     if method == "lora":
-        from ..baselines import train_lora_causal
+        from ..harness.baselines import train_lora_causal
 
         trained, metrics = train_lora_causal(model, tokenizer, prompts, responses, args.out, settings,
                                              _lora_settings(args))
@@ -129,7 +129,7 @@ def _reft_config(args: argparse.Namespace, method: str, cls, *, glue: bool):
 
 
 def _lora_settings(args: argparse.Namespace):
-    from ..baselines import LoraSettings
+    from ..harness.baselines import LoraSettings
 
     targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else None
     return LoraSettings(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=targets)
@@ -137,9 +137,9 @@ def _lora_settings(args: argparse.Namespace):
 
 def _run_task(args: argparse.Namespace, method: str, settings) -> int:
     from ..config import ReftConfig
-    from ..models import load_model
-    from ..suite import headline, run_task
-    from ..tasks import get_task
+    from ..harness.models import load_model
+    from ..harness.suite import headline, run_task
+    from ..harness.tasks import get_task
 
     spec = get_task(args.task)
     glue = spec.family == "glue"

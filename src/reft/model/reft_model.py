@@ -19,11 +19,11 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
 
 from ..config import ReftConfig
+from ..fast.attention import shared_prefix_attention, shared_prefix_mask, supports_shared_prefix
+from ..fast.frozen_cache import FrozenBatch, FrozenCache, stochastic_modules
+from ..fast.loss import linear_cross_entropy
 from ..interventions import get_intervention_class
-from ..loss import linear_cross_entropy
 from ..positions import parse_positions, prompt_positions
-from .attention import shared_prefix_attention, shared_prefix_mask, supports_shared_prefix
-from .frozen_cache import FrozenBatch, FrozenCache, stochastic_modules
 from .hooks import InterventionContext, register_intervention_hook
 from .layers import component_module, find_layers, model_dims
 
@@ -258,14 +258,14 @@ class ReftModel(nn.Module):
         * a prefix shared by every row (a chat template's system prompt, a fixed instruction), in which every row
           is edited at the same positions, is the same computation in every row: it runs once. When it holds edits
           (and the model uses SDPA) it is an extra row of the same forward whose keys/values every other row
-          attends to (:mod:`reft.model.attention`); otherwise it runs first, for one row, and its KV cache is
+          attends to (:mod:`reft.fast.attention`); otherwise it runs first, for one row, and its KV cache is
           repeated for the batch (gradients flow back through the repeat);
         * tokens before the first edited position ``c`` are the frozen model's computation: they run without
           autograd, so backward stops at ``c``.
 
         The rest runs after them (with the cached keys/values). ``offset`` = where that rest starts. With
         ``reuse_frozen`` (the caller has checked that no base parameter trains), blocks below the lowest edited layer
-        run once per example across calls (:attr:`frozen_cache`, see :mod:`reft.model.frozen_cache`).
+        run once per example across calls (:attr:`frozen_cache`, see :mod:`reft.fast.frozen_cache`).
         """
         base = self.model.base_model
         positions = self._ctx.positions
@@ -317,7 +317,7 @@ class ReftModel(nn.Module):
                            frozen: FrozenBatch | None = None) -> torch.Tensor:
         """Hidden states from ``shared`` on, with the edited shared prefix as an extra row 0 of the same forward.
 
-        Row 0 = the prefix, rows ``1..B`` = each row after it (see :mod:`reft.model.attention`); position ids
+        Row 0 = the prefix, rows ``1..B`` = each row after it (see :mod:`reft.fast.attention`); position ids
         continue after the prefix, and the prefix's edits are applied once, in row 0. The forward runs packed: one
         row of the real tokens of that layout (no padding), edits at their packed positions.
         """
@@ -410,15 +410,15 @@ class ReftModel(nn.Module):
 
     # ---- persistence ---------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, **_: object) -> None:
-        """Write ``reft_config.json`` + ``reft_model.safetensors`` atomically (see :mod:`reft.io`)."""
-        from ..io import save_adapter
+        """Write ``reft_config.json`` + ``reft_model.safetensors`` atomically (see :mod:`reft.save_load`)."""
+        from ..save_load import save_adapter
 
         save_adapter(self, directory)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, directory: str | os.PathLike, **kwargs) -> ReftModel:
         """Attach the adapter saved in ``directory`` to ``model``; refuses a mismatched base model."""
-        from ..io import load_adapter
+        from ..save_load import load_adapter
 
         return load_adapter(model, directory, **kwargs)
 

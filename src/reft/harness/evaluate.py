@@ -1,4 +1,4 @@
-"""Evaluation on the task suite (:mod:`reft.tasks`): generation tasks, GLUE classification, results files.
+"""Evaluation on the task suite (:mod:`reft.harness.tasks`): generation tasks, GLUE classification, results files.
 
 * :func:`evaluate_generation`: batched greedy generation (:func:`reft.generation.generate_texts`) from the task's
   prompts, each output scored with ``task.score`` (1 = correct); ``accuracy = mean(score)``. Tasks without a
@@ -21,9 +21,9 @@ from typing import Any
 
 from torch import nn
 
+from ..generation import generate_texts, render_chat
+from ..save_load import atomic_write_text
 from .classification import predict_classification
-from .generation import generate_texts, render_chat
-from .io import atomic_write_text
 from .tasks import TaskSpec, get_task
 
 #: default ``max_new_tokens`` per task family (commonsense targets are ~6 tokens; math targets are rationales)
@@ -54,7 +54,7 @@ def evaluate_generation(
     Args:
         model: a ReftModel, peft model or bare causal LM (anything with ``generate``).
         tokenizer: its tokenizer (``pad_token`` set).
-        task: task name or :class:`reft.tasks.TaskSpec` with a ``format``.
+        task: task name or :class:`reft.harness.tasks.TaskSpec` with a ``format``.
         split: the split to load. Default: ``"test"``
         limit: first ``limit`` examples of the split. Default: all
         batch_size: prompts per ``generate`` call.
@@ -173,7 +173,7 @@ def evaluate_task(model: nn.Module, tokenizer, task: str | TaskSpec, split: str 
 
 
 def write_results(path: str | os.PathLike, results: dict[str, Any], *, generator: str = "reft") -> Path:
-    """Write ``results`` as indented JSON, atomically (:func:`reft.io.atomic_write_text`); parents are created.
+    """Write ``results`` as indented JSON, atomically (:func:`reft.save_load.atomic_write_text`); parents are created.
 
     For AlpacaEval results (records with ``instruction``) the outputs are also written, in the format read by
     ``alpaca_eval --model_outputs``, to ``<path stem>.alpaca_eval_outputs.json`` with ``generator`` as the model

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from reft.tasks._io import Example, alpaca_prompt, check_split, read_jsonl, take
+from reft.harness.tasks._io import Example, alpaca_prompt, check_split, read_jsonl, take
 
 ALPACA_EVAL_FILES = {"test": "instruction/alpaca_eval/test.jsonl"}
 ULTRAFEEDBACK_FILES = {"train": "instruction/ultrafeedback_1k/train.jsonl"}

@@ -27,7 +27,7 @@ def _candidate_roots() -> list[tuple[str, Path]]:
     if env:
         return [(f"${DATA_ENV_VAR}", Path(env).expanduser())]
     # src/reft/tasks/_io.py -> parents: tasks, reft, src, <repo>, <repo's parent>
-    repo_sibling = Path(__file__).resolve().parents[4] / "shared" / "data"
+    repo_sibling = Path(__file__).resolve().parents[5] / "shared" / "data"
     return [("repo sibling", repo_sibling), ("working directory", Path.cwd() / "shared" / "data")]
 
 

@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from reft.tasks import alpaca, commonsense, glue
-from reft.tasks import math as math_tasks
-from reft.tasks._io import ALPACA_NO_INPUT_TEMPLATE, Example, alpaca_prompt, data_root
+from reft.harness.tasks import alpaca, commonsense, glue
+from reft.harness.tasks import math as math_tasks
+from reft.harness.tasks._io import ALPACA_NO_INPUT_TEMPLATE, Example, alpaca_prompt, data_root
 
 __all__ = [
     "ALPACA_NO_INPUT_TEMPLATE",

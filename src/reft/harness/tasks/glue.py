@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from reft.tasks._io import Example, read_jsonl, take
-from reft.tasks.metrics import accuracy, f1_binary, matthews_corrcoef, pearson, spearman
+from reft.harness.tasks._io import Example, read_jsonl, take
+from reft.harness.tasks.metrics import accuracy, f1_binary, matthews_corrcoef, pearson, spearman
 
 #: task name -> (directory under glue/, text field names, label field)
 GLUE_FIELDS: dict[str, tuple[str, tuple[str, ...], str]] = {

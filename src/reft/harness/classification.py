@@ -2,7 +2,7 @@
 
 The classifier is any module whose ``forward(input_ids, attention_mask, token_type_ids, labels)`` returns
 ``.loss`` / ``.logits``: a :class:`reft.ReftModelForSequenceClassification` (interventions + head) or the LoRA
-baseline :class:`reft.baselines.LoraForSequenceClassification` (LoRA + the same head). The head reads the first
+baseline :class:`reft.harness.baselines.LoraForSequenceClassification` (LoRA + the same head). The head reads the first
 token (``[CLS]``):
 
     logits = W_o tanh(W_d h_CLS + b_d) + b_o,    p(y | x) = softmax(logits)
@@ -12,7 +12,7 @@ score with the squared error ``(logits − y)²``.
 
 Model selection follows the ReFT paper's GLUE protocol: train on the train split, evaluate the task metric on
 the in-training dev half after every epoch, keep the parameters of the best epoch, report on the held-out test
-half (``task.load("dev" | "test", seed=s)``; see :mod:`reft.tasks.glue`).
+half (``task.load("dev" | "test", seed=s)``; see :mod:`reft.harness.tasks.glue`).
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def fit_classifier(
 
     Args:
         model: the classifier (see the module docstring); its ``num_labels`` must equal ``task.num_labels``.
-        task: a GLUE :class:`reft.tasks.TaskSpec` (``num_labels``, ``metric``, ``main_metric``).
+        task: a GLUE :class:`reft.harness.tasks.TaskSpec` (``num_labels``, ``metric``, ``main_metric``).
         dev_examples: model-selection set; None trains for ``settings.epochs`` and keeps the last epoch.
         trainer_cls: the `Trainer` class (``ReftTrainer`` for ReFT, plain ``Trainer`` for LoRA).
 
@@ -210,7 +210,8 @@ def fit_classifier(
     """
     if task.num_labels is None or task.metric is None:
         raise ValueError(f"task {task.name!r} is not a classification task (no num_labels/metric): "
-                         "use the generation path (reft.recipe.train_reft / reft.evaluate.evaluate_generation)")
+                         "use the generation path (reft.harness.recipe.train_reft / "
+                         "reft.harness.evaluate.evaluate_generation)")
     if getattr(model, "num_labels", task.num_labels) != task.num_labels:
         raise ValueError(f"the model has {model.num_labels} outputs but {task.name} needs {task.num_labels}")
     if not train_examples:
@@ -258,8 +259,8 @@ def train_reft_classifier(model: nn.Module, tokenizer, config, task, train_examp
     Returns:
         ``(reft_model, info)`` with ``info`` as in :func:`fit_classifier`.
     """
-    from .model.reft_model import get_reft_model
-    from .trainer import ReftTrainer
+    from ..model.reft_model import get_reft_model
+    from ..trainer import ReftTrainer
 
     settings = settings or TrainSettings()
     os.makedirs(out_dir, exist_ok=True)

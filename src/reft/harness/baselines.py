@@ -13,7 +13,7 @@ attention have a narrower ``v_proj`` (``d_v = n_kv_heads · head_dim``).
   (:func:`reft.data.make_supervised_dataset`, prompt labels ``-100``) with the same collator, and the loss over
   response tokens only (vocabulary logits are computed only where there is a label, as in :class:`reft.ReftModel`).
 * Classification: :class:`LoraForSequenceClassification` = LoRA on the encoder + the same head type as
-  :class:`reft.ReftModelForSequenceClassification`, trained with :func:`reft.classification.fit_classifier`.
+  :class:`reft.ReftModelForSequenceClassification`, trained with :func:`reft.harness.classification.fit_classifier`.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from torch import nn
 from transformers import Trainer
 from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
 
+from ..data import ReftDataCollator, make_supervised_dataset
+from ..save_load import atomic_directory, atomic_write_text
 from .classification import LossLog, classification_loss, fit_classifier
-from .data import ReftDataCollator, make_supervised_dataset
-from .io import atomic_directory, atomic_write_text
 from .recipe import TrainSettings, plot_loss_curve, training_arguments
 
 #: default LoRA target modules (query and value projections) per ``config.model_type``
@@ -148,7 +148,7 @@ def train_lora_causal(
     progress: bool = True,
 ):
     """LoRA on (prompt, response) pairs; writes ``out_dir/adapter`` (peft format), ``loss_curve.png`` and
-    ``train_metrics.json`` like :func:`reft.recipe.train_reft`.
+    ``train_metrics.json`` like :func:`reft.harness.recipe.train_reft`.
 
     Returns:
         ``(peft_model, metrics)``; ``metrics["trainable_parameters"]`` counts the LoRA parameters.
@@ -174,7 +174,7 @@ def train_lora_causal(
 
 # ---- classification --------------------------------------------------------------------------------------------
 class LoraForSequenceClassification(nn.Module):
-    """LoRA on an encoder + the ReFT classification head on the first token (see :mod:`reft.classification`).
+    """LoRA on an encoder + the ReFT classification head on the first token (see :mod:`reft.harness.classification`).
 
     Args:
         peft_model: an encoder (e.g. ``BertModel``) wrapped by :func:`get_lora_model`.
@@ -184,7 +184,7 @@ class LoraForSequenceClassification(nn.Module):
 
     def __init__(self, peft_model: nn.Module, num_labels: int, head_dropout: float = 0.1) -> None:
         super().__init__()
-        from .model.reft_model import ClassificationHead
+        from ..model.reft_model import ClassificationHead
 
         if num_labels < 1:
             raise ValueError(f"num_labels must be ≥ 1 (1 = regression), got {num_labels}")
@@ -234,7 +234,7 @@ def train_lora_classifier(model: nn.Module, tokenizer, task, train_examples, dev
     """LoRA + head on a GLUE task with dev-set model selection; saves ``out_dir/adapter``.
 
     Returns:
-        ``(classifier, info)`` with ``info`` as in :func:`reft.classification.fit_classifier`.
+        ``(classifier, info)`` with ``info`` as in :func:`reft.harness.classification.fit_classifier`.
     """
     settings = settings or TrainSettings()
     os.makedirs(out_dir, exist_ok=True)

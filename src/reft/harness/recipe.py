@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 
-from .config import ReftConfig
-from .data import ReftDataCollator, make_supervised_dataset
-from .io import atomic_write_text
-from .model.reft_model import ReftModel, get_reft_model
-from .trainer import ReftTrainer
+from ..config import ReftConfig
+from ..data import ReftDataCollator, make_supervised_dataset
+from ..model.reft_model import ReftModel, get_reft_model
+from ..save_load import atomic_write_text
+from ..trainer import ReftTrainer
 
 
 @dataclass

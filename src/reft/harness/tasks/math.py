@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import re
 
-from reft.tasks._io import Example, alpaca_prompt, check_split, read_jsonl, take
-from reft.tasks.metrics import MATH_TRIGGER, extract_choice_letter, numbers_match
+from reft.harness.tasks._io import Example, alpaca_prompt, check_split, read_jsonl, take
+from reft.harness.tasks.metrics import MATH_TRIGGER, extract_choice_letter, numbers_match
 
 #: task name -> split -> file relative to the data root
 MATH_FILES: dict[str, dict[str, str]] = {

@@ -20,10 +20,10 @@ from typing import Any
 
 from torch import nn
 
+from ..config import ReftConfig
+from ..generation import render_chat
 from .baselines import LoraSettings, count_parameters, lora_parameters
-from .config import ReftConfig
 from .evaluate import evaluate_classification, evaluate_generation, summary, write_results
-from .generation import render_chat
 from .recipe import TrainSettings
 from .tasks import TaskSpec, get_task
 

@@ -4,7 +4,7 @@ Tasks: ``boolq``, ``piqa``, ``siqa`` (Social IQa), ``hellaswag``, ``winogrande``
 Every record holds ``instruction`` (question, options and an ``Answer format: a/b/...`` line), an empty
 ``input``, ``output`` and ``answer``. In all these files ``output`` is exactly ``"the correct answer is " +
 answer``, which is the training target; a generation is scored by exact match of the label extracted with
-:func:`reft.tasks.metrics.extract_commonsense_label` against ``answer``.
+:func:`reft.harness.tasks.metrics.extract_commonsense_label` against ``answer``.
 
 HellaSwag ``test`` is ``test_reconstructed.jsonl``, an approximate rebuild of the LLM-Adapters test file (WikiHow
 items lack their markup; see the data MANIFEST), so HellaSwag numbers are not exactly comparable with the paper.
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 
-from reft.tasks._io import Example, alpaca_prompt, check_split, read_jsonl, take
-from reft.tasks.metrics import COMMONSENSE_TRIGGER, commonsense_labels, extract_commonsense_label
+from reft.harness.tasks._io import Example, alpaca_prompt, check_split, read_jsonl, take
+from reft.harness.tasks.metrics import COMMONSENSE_TRIGGER, commonsense_labels, extract_commonsense_label
 
 #: task name -> split -> file relative to the data root
 COMMONSENSE_FILES: dict[str, dict[str, str]] = {
