@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from . import eval as eval_cmd
-from . import generate, train
+from . import generate, serve, train
 
-COMMANDS = {"train": train, "generate": generate, "eval": eval_cmd}
+COMMANDS = {"train": train, "generate": generate, "eval": eval_cmd, "serve": serve}
 
 
 def build_parser() -> argparse.ArgumentParser:
