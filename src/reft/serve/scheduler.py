@@ -266,6 +266,9 @@ class Scheduler:
         self._greedy_gen = torch.Generator(device="cpu").manual_seed(torch.seed() % 2**63)
         self.steps = 0
         self.alive = False
+        # counters for /health and the tests: prefill calls, decode steps, the most rows and the most distinct
+        # adapters (base counted as one) seen in one decode step
+        self.stats = {"prefills": 0, "decode_steps": 0, "max_rows": 0, "max_adapters_in_step": 0}
 
     # ---- control (any thread) ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -476,6 +479,7 @@ class Scheduler:
             for req in reqs:
                 req.fail(404, str(e))
             return
+        self.stats["prefills"] += 1
         repeat = torch.tensor([req.params.n for req, _ in prompts], dtype=torch.long)
         if int(repeat.max()) > 1:
             index = torch.repeat_interleave(torch.arange(len(prompts)), repeat)
@@ -485,24 +489,34 @@ class Scheduler:
         for req in reqs:
             req.prefill_time = time.monotonic() - t0
         tokens = self._sample(logits, seqs)
-        lane = self._lanes.setdefault(key, Lane(key))
-        lane.merge(seqs, cache, mask, tokens)
-        self._emit(lane, tokens.tolist())
+        keep = self._emit(seqs, tokens.tolist())  # the first token: some rows may already be done
+        if not keep:
+            return
+        if len(keep) < len(seqs):
+            index = torch.tensor(keep, dtype=torch.long)
+            cache_select(cache, index)
+            seqs, mask, tokens = [seqs[i] for i in keep], mask[index], tokens[index]
+        self._lanes.setdefault(key, Lane(key)).merge(seqs, cache, mask, tokens)
 
     def _decode(self, lane: Lane) -> None:
         mask = torch.cat([lane.mask, torch.ones((len(lane), 1), dtype=lane.mask.dtype)], dim=1)
         logits = self.engine.decode(lane.last[:, None], mask, lane.positions[:, None], lane.cache)
+        st = self.stats
+        st["decode_steps"] += 1
+        st["max_rows"] = max(st["max_rows"], len(lane))
+        st["max_adapters_in_step"] = max(st["max_adapters_in_step"], len({s.request.adapter for s in lane.seqs}))
         lane.mask, lane.positions = mask, lane.positions + 1
         tokens = self._sample(logits, lane.seqs)
         lane.last = tokens
-        self._emit(lane, tokens.tolist())
+        lane.keep(self._emit(lane.seqs, tokens.tolist()))
 
-    def _emit(self, lane: Lane, tokens: list[int]) -> None:
-        """Hand each row its token; post the events per request; drop finished, cancelled and timed-out rows."""
+    def _emit(self, seqs: list[Sequence], tokens: list[int]) -> list[int]:
+        """Hand each row its token and post the events per request; return the rows that go on (not finished,
+        cancelled or timed out)."""
         now = time.monotonic()
         events: dict[int, tuple[Request, list[Event]]] = {}
         keep = []
-        for i, (seq, token) in enumerate(zip(lane.seqs, tokens)):
+        for i, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
             req = seq.request
             if req.cancelled or req.done:
                 continue
@@ -519,7 +533,7 @@ class Scheduler:
                 keep.append(i)
         for req, evs in events.values():
             req.post(evs)
-        lane.keep(keep)
+        return keep
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """One token per row: greedy where temperature is 0, else temperature + top-p with the row's generator."""
