@@ -143,3 +143,15 @@ def assert_same_greedy(got: list[int], want: list[int], gaps: list[float], tie: 
             assert gaps[k] < tie, f"token {k} differs ({a} vs {b}) although the reference margin is {gaps[k]:.2e}"
             return
     assert len(got) == len(want), (got, want)
+
+
+def assert_same_text(text: str, want: list[int], gaps: list[float], tokenizer, tie: float = 1e-4) -> None:
+    """:func:`assert_same_greedy` on decoded text (special tokens, which decode to nothing, included in ``want``)."""
+    pos = 0
+    for k, token in enumerate(want):
+        piece = tokenizer.decode([token], skip_special_tokens=True)
+        if text[pos:pos + len(piece)] != piece:
+            assert gaps[k] < tie, f"token {k} differs ({text[pos:]!r} vs {piece!r}), reference margin {gaps[k]:.2e}"
+            return
+        pos += len(piece)
+    assert pos == len(text), (text, tokenizer.decode(want))

@@ -76,7 +76,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         param = param or (loc[0] if loc else None)
         if kind == "missing":
             parts.append(f"'{field}' is required")
-        elif kind in ("model_type", "dict_type") and not loc:
+        elif kind in ("model_type", "dict_type", "model_attributes_type") and not loc:
             parts.append("the body must be a JSON object")
         else:
             got = err.get("input")
@@ -352,9 +352,10 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         texts, reasons = [""] * gen.rows, [None] * gen.rows
+        checked = [time.monotonic()]
         try:
             while not all(reasons):
-                events = await _next(gen, request)
+                events = await _next(gen, request, checked)
                 for e in events:
                     if e.error:
                         raise ApiError(e.error[0], e.error[1])
@@ -369,17 +370,23 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
         build = chat_response if chat else completion_response
         return build(rid, body.model, texts, reasons, use)
 
-    async def _next(gen: GenRequest, request: Request) -> list:
-        """The next events of ``gen``; a client that disconnects meanwhile cancels it (its rows leave the batch)."""
+    async def _next(gen: GenRequest, request: Request, checked: list[float]) -> list:
+        """The next events of ``gen``; a client that disconnects meanwhile cancels it (its rows leave the batch).
+
+        The connection is looked at every 0.25 s (``checked[0]``: when it was last), also while events keep coming.
+        """
         getter = asyncio.ensure_future(gen.events.get())
         try:
             while True:
                 done, _ = await asyncio.wait({getter}, timeout=0.25)
+                now = time.monotonic()
+                if now - checked[0] >= 0.25:
+                    checked[0] = now
+                    if await request.is_disconnected():
+                        gen.cancel()
+                        raise ApiError(499, "the client closed the connection")
                 if done:
                     return getter.result()
-                if await request.is_disconnected():
-                    gen.cancel()
-                    raise ApiError(499, "the client closed the connection")
         finally:
             if not getter.done():
                 getter.cancel()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 MAX_N = 16
 MAX_STOP = 4
@@ -70,14 +70,14 @@ class ChatRequest(_Sampling):
 class LoadAdapterRequest(BaseModel):
     """``{"adapter_name", "adapter_path"}``; vLLM's ``{"lora_name", "lora_path"}`` is accepted too."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-    adapter_name: str = Field(min_length=1, validation_alias="lora_name")
-    adapter_path: str = Field(min_length=1, validation_alias="lora_path")
+    model_config = ConfigDict(extra="ignore")
+    adapter_name: str = Field(min_length=1, validation_alias=AliasChoices("adapter_name", "lora_name"))
+    adapter_path: str = Field(min_length=1, validation_alias=AliasChoices("adapter_path", "lora_path"))
 
 
 class UnloadAdapterRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-    adapter_name: str = Field(min_length=1, validation_alias="lora_name")
+    model_config = ConfigDict(extra="ignore")
+    adapter_name: str = Field(min_length=1, validation_alias=AliasChoices("adapter_name", "lora_name"))
 
 
 def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict:

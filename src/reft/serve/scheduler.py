@@ -267,8 +267,9 @@ class Scheduler:
         self.steps = 0
         self.alive = False
         # counters for /health and the tests: prefill calls, decode steps, the most rows and the most distinct
-        # adapters (base counted as one) seen in one decode step
-        self.stats = {"prefills": 0, "decode_steps": 0, "max_rows": 0, "max_adapters_in_step": 0}
+        # adapters (base counted as one) seen in one decode step, rows dropped because their client went away
+        self.stats = {"prefills": 0, "decode_steps": 0, "max_rows": 0, "max_adapters_in_step": 0,
+                      "cancelled_rows": 0}
 
     # ---- control (any thread) ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -519,6 +520,7 @@ class Scheduler:
         for i, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
             req = seq.request
             if req.cancelled or req.done:
+                self.stats["cancelled_rows"] += req.cancelled and not req.done
                 continue
             if req.deadline is not None and now > req.deadline:
                 req.fail(504, f"the request timed out after {now - req.arrival:.1f} s (--request-timeout) with "
