@@ -283,7 +283,7 @@ def import_pyreft(
            "act": None if act == "linear" else act, "dropout": dropout, "hidden_size": hidden}
     if model is not None:
         from .model.layers import model_dims
-        from .model.reft_model import _model_name
+        from .model.layers import model_name as _model_name
         from .save_load import check_compatible
 
         _, num_layers = model_dims(model)
