@@ -215,8 +215,8 @@ def test_heterogeneous_specs_round_trip_count_and_equal_their_parts(tmp_path, ca
     for j, spec in enumerate(specs):
         name = f"part{j}"
         reft_model.add_adapter(name, ReftConfig(**spec))
-        own = {k.removeprefix(f"r{j}_"): v for k, v in reft_model.adapters["default"].interventions.state_dict().items()
-               if k.startswith(f"r{j}_")}
+        state = reft_model.adapters["default"].interventions.state_dict()
+        own = {k.removeprefix(f"r{j}_"): v for k, v in state.items() if k.startswith(f"r{j}_")}
         reft_model.adapters[name].interventions.load_state_dict(own)
     ids, mask = random_batch([6, 2, 5], "left", seed=5)
     whole = reft_model(ids, attention_mask=mask).logits
