@@ -210,7 +210,8 @@ def test_heterogeneous_specs_round_trip_count_and_equal_their_parts(tmp_path, ca
     reft_model.print_trainable_parameters()
     printed = capsys.readouterr().out
     assert "loreft rank 2 at mlp_output of layers [1], positions l1: 130 params" in printed  # 2·32·2 + 2
-    assert "direft rank 3 at block_output of layers [0, 2], positions f2+l2 untied: 780 params" in printed  # 4 · (2·32·3 + 3)
+    # 4 · (2·32·3 + 3)
+    assert "direft rank 3 at block_output of layers [0, 2], positions f2+l2 untied: 780 params" in printed
     # one adapter of two specs = two one-spec adapters composed (its specs edit other modules: exact)
     for j, spec in enumerate(specs):
         name = f"part{j}"
