@@ -117,12 +117,12 @@ def apply_interventions(h: torch.Tensor, plan: Plan, parts: list[Part]) -> torch
         scale = (pos >= 0).unsqueeze(-1).to(h.dtype)  # [N, k, 1]
         if placement.weight is not None:
             scale = scale * placement.weight.to(h.device, h.dtype)[:, None, None]
-        deltas.append(intervention.delta(h[batch, idx]) * scale)
-        rows.append(batch.expand_as(idx))
-        cols.append(idx)
+        deltas.append((intervention.delta(h[batch, idx]) * scale).flatten(0, 1))  # [N·k, d]
+        rows.append(batch.expand_as(idx).flatten())
+        cols.append(idx.flatten())
     if not deltas:
         return h
-    return h.index_put((torch.cat(rows, 1), torch.cat(cols, 1)), torch.cat(deltas, 1), accumulate=True)
+    return h.index_put((torch.cat(rows), torch.cat(cols)), torch.cat(deltas), accumulate=True)
 
 
 def _edit_output(output, fn):
