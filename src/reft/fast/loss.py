@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 
 def _chunk_for(device: torch.device) -> int:
-    # CPU: 2048 columns keep a [N, chunk] block and W_c in cache (2048 ran 1.5x faster than one [N, V] matmul on a
-    # 2-core EPYC); accelerators prefer large matmuls
+    # CPU: a [N, chunk] block and W_c stay in cache (docs/engine.md has the timing); accelerators prefer large
+    # matmuls
     return 2048 if device.type == "cpu" else 32768
 
 
