@@ -8,7 +8,7 @@ from conftest import DECODERS, random_batch
 from torch import nn
 
 from reft import ReftConfig, get_reft_model
-from reft.model.reft_model import _cache_name
+from reft.model.layers import cache_name as _cache_name
 
 
 def _reft(arch, positions="f2+l2", tied=False):
@@ -79,7 +79,7 @@ def test_beam_search_and_sampling():
     torch.manual_seed(0)
     s2 = reft_model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=True, top_k=5, pad_token_id=0)
     assert torch.equal(s1, s2) and s1.shape == (2, 12)
-    assert reft_model._ctx.positions is None  # nothing left armed after generate
+    assert reft_model._ctx.plan is None  # nothing left armed after generate
 
 
 def test_beam_rows_get_their_own_positions():
@@ -88,7 +88,8 @@ def test_beam_rows_get_their_own_positions():
     ids, mask = random_batch([7, 2], "left", seed=4)
     seen = []
     hook = reft_model.model.model.layers[0].register_forward_hook(
-        lambda *a: seen.append(None if reft_model._ctx.positions is None else reft_model._ctx.positions.clone()))
+        lambda *a: seen.append(None if reft_model._ctx.plan is None
+                               else reft_model._ctx.plan[("default", 0)].positions.clone()))
     reft_model.generate(ids, attention_mask=mask, max_new_tokens=3, num_beams=2, do_sample=False, pad_token_id=0)
     hook.remove()
     assert seen[0].shape[0] == 4 and all(s is None for s in seen[1:])

@@ -131,7 +131,7 @@ def test_llama2_7b_count_on_meta():
     reft_model = get_reft_model(model, ReftConfig(layers="all", positions="f7+l7", tied=True, rank=8))
     trainable = sum(p.numel() for p in reft_model.parameters() if p.requires_grad)
     assert trainable == 2_097_408 == 32 * (2 * 4096 * 8 + 8)
-    untied = get_reft_model(model, ReftConfig(layers="all", positions="f7+l7", tied=False, rank=8))
+    untied = get_reft_model(reft_model.unload(), ReftConfig(layers="all", positions="f7+l7", tied=False, rank=8))
     assert sum(p.numel() for p in untied.parameters() if p.requires_grad) == 2 * 2_097_408
 
 
@@ -160,22 +160,22 @@ def test_registry_rules():
 
 def test_apply_interventions_packed_rows_match_per_row():
     """Examples packed into one row (``rows`` maps each positions row to it) get the same edits as row by row."""
-    from reft.model.hooks import apply_interventions
+    from reft.model.hooks import Placement, apply_interventions
 
     torch.manual_seed(0)
     d = 8
     first, second = LoReFT(d, 2), LoReFT(d, 2)
-    parts = [(first, slice(0, 2)), (second, slice(2, 3))]
+    parts = [(("a", 0), first, slice(0, 2)), (("a", 0), second, slice(2, 3))]
     h = torch.randn(3, 5, d)
     positions = torch.tensor([[0, 1, 4], [2, -1, 3], [-1, -1, 0]])
-    expected = apply_interventions(h, positions, parts)
+    expected = apply_interventions(h, {("a", 0): Placement(positions)}, parts)
     packed = h.reshape(1, 15, d)
     offsets = torch.tensor([[0], [5], [10]])
     packed_positions = torch.where(positions >= 0, positions + offsets, -1)
-    got = apply_interventions(packed, packed_positions, parts, rows=torch.zeros(3, dtype=torch.long))
+    got = apply_interventions(packed, {("a", 0): Placement(packed_positions, torch.zeros(3, dtype=torch.long))}, parts)
     torch.testing.assert_close(got.reshape(3, 5, d), expected)
     with pytest.raises(RuntimeError, match="batch of 3"):
-        apply_interventions(packed, packed_positions, parts)
+        apply_interventions(packed, {("a", 0): Placement(packed_positions)}, parts)
 
 
 def test_r_steps_like_torch_orthogonal_parametrization():

@@ -7,8 +7,9 @@ import torch
 from conftest import DECODERS, ENCODERS, random_batch, tiny_bert, tiny_llama
 from torch import nn
 
-from reft import ReftConfig, ReftModel, get_reft_model
+from reft import ReftConfig, get_reft_model
 from reft.data import ReftDataCollator
+from reft.fast import engine
 from reft.model.layers import find_layers
 
 
@@ -37,8 +38,10 @@ def test_only_chosen_positions_and_layers_change(arch, side, tied):
     ids, mask = random_batch([7, 3, 1], side, pad=pad)
     with reft_model.disable_interventions():
         base = _hidden(base_model, ids, mask)
-    positions = reft_model.set_positions(mask)
-    edited = _hidden(reft_model.model, ids, mask)  # hooks read the positions just set
+    with reft_model.editing(mask) as plan:
+        edited = _hidden(reft_model.model, ids, mask)  # hooks apply the plan inside the block only
+    positions = plan[("default", 0)].positions
+    torch.testing.assert_close(_hidden(reft_model.model, ids, mask)[layer + 1], base[layer + 1], rtol=0, atol=0)
     # layers below the intervened one are untouched everywhere
     for i in range(layer + 1):
         torch.testing.assert_close(edited[i], base[i], rtol=0, atol=0)
@@ -150,9 +153,9 @@ def test_sparse_loss_equals_full_logits_loss(arch):
     batch = _lm_batch()
     fast = reft_model(**batch)
     assert fast.logits is None  # vocabulary logits only at label positions
-    reft_model.set_positions(batch["attention_mask"], batch["prompt_lengths"])
-    full = reft_model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            labels=batch["labels"])
+    with reft_model.editing(batch["attention_mask"], batch["prompt_lengths"]):
+        full = reft_model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                labels=batch["labels"])
     torch.testing.assert_close(fast.loss, full.loss, rtol=1e-5, atol=1e-6)
     n = int((batch["labels"][:, 1:] != -100).sum())
     half = reft_model(**batch, num_items_in_batch=2 * n)
@@ -234,8 +237,8 @@ def test_chunked_loss_is_exact(arch, attn, positions, batch_kind, expect_offset,
     results = []
     calls = []
     seen = []  # (rows, tokens) of every forward the base model's embedding sees
-    original = ReftModel._prefix_row_hidden
-    monkeypatch.setattr(ReftModel, "_prefix_row_hidden", lambda *a: calls.append(1) or original(*a))
+    original = engine._prefix_row_hidden
+    monkeypatch.setattr(engine, "_prefix_row_hidden", lambda *a: calls.append(1) or original(*a))
     for chunked in (False, True):
         model = DECODERS[arch]()
         model.config._attn_implementation = attn
@@ -262,9 +265,11 @@ def test_chunked_loss_is_exact(arch, attn, positions, batch_kind, expect_offset,
             real = expect_offset + int(batch["attention_mask"][:, expect_offset:].sum())
             assert seen == [(1, real)]
         if chunked:
-            reft_model.set_positions(batch["attention_mask"], batch["prompt_lengths"])
+            plan = reft_model._plan(batch["attention_mask"], batch["prompt_lengths"], None)
             with torch.no_grad():
-                _, offset = reft_model._decoder_hidden(batch["input_ids"], batch["attention_mask"], batch["labels"])
+                _, offset = engine.decoder_hidden(model.base_model, reft_model._ctx, plan, batch["input_ids"],
+                                                  batch["attention_mask"], batch["labels"],
+                                                  cache_key=reft_model.cache_key)
             assert offset == expect_offset
             assert bool(calls) == (prefix_row and attn == "sdpa")
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)

@@ -4,7 +4,7 @@ A frozen LM is adapted by interventions Φ on hidden states at chosen layers and
 ``Φ(h) = h + Rᵀ(W h + b − R h)`` with R having orthonormal rows.
 """
 
-from .config import ReftConfig
+from .config import ReftConfig, Representation
 from .interventions import (
     INTERVENTIONS,
     ConsReFT,
@@ -16,7 +16,14 @@ from .interventions import (
     OrthoDiReFT,
     register_intervention,
 )
-from .model.reft_model import ClassificationHead, ReftModel, ReftModelForSequenceClassification, get_reft_model
+from .model import (
+    BASE,
+    ClassificationHead,
+    ReftModel,
+    ReftModelForSequenceClassification,
+    get_reft_model,
+    parse_composition,
+)
 from .positions import PositionSpec, parse_positions, prompt_positions, split_counts
 from .pyreft_compat import import_pyreft
 from .save_load import load_adapter, load_reft_state_dict, reft_state_dict, save_adapter
@@ -24,6 +31,7 @@ from .save_load import load_adapter, load_reft_state_dict, reft_state_dict, save
 __version__ = "0.1.0"
 
 __all__ = [
+    "BASE",
     "INTERVENTIONS",
     "ClassificationHead",
     "ConsReFT",
@@ -37,10 +45,12 @@ __all__ = [
     "ReftConfig",
     "ReftModel",
     "ReftModelForSequenceClassification",
+    "Representation",
     "get_reft_model",
     "import_pyreft",
     "load_adapter",
     "load_reft_state_dict",
+    "parse_composition",
     "parse_positions",
     "prompt_positions",
     "reft_state_dict",

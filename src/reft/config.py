@@ -49,6 +49,60 @@ def parse_layers(layers: str | int | list[int] | tuple[int, ...], num_layers: in
     return sorted(set(layers))
 
 
+SPEC_FIELDS = ("layers", "component", "positions", "tied", "rank", "intervention", "dropout", "act")
+
+
+@dataclass
+class Representation:
+    """One representation spec: interventions of one type at some layers, one component, one position rule.
+
+    The fields mean what :class:`ReftConfig`'s fields of the same name mean; a config holds one or more specs.
+    """
+
+    layers: Any = "all"
+    component: str = "block_output"
+    positions: str = "l1"
+    tied: bool = True
+    rank: int = 4
+    intervention: str = "loreft"
+    dropout: float = 0.0
+    act: str | None = None
+
+    def validate(self, num_layers: int | None, hidden_size: int | None, where: str = "") -> None:
+        """Normalise ``layers``/``positions`` in place; raise ``ValueError`` naming the bad field (and ``where``)."""
+        try:
+            self.layers = parse_layers(self.layers, num_layers)
+            if self.component not in COMPONENTS:
+                raise ValueError(f"unknown component {self.component!r}: choose one of {list(COMPONENTS)}")
+            self.positions = str(parse_positions(self.positions))
+            if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
+                raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
+            if hidden_size is not None and self.rank > hidden_size:
+                raise ValueError(f"rank {self.rank} > hidden size {hidden_size}: choose rank ≤ {hidden_size}")
+            get_intervention_class(self.intervention)
+            make_activation(self.act)
+            if not 0.0 <= float(self.dropout) < 1.0:
+                raise ValueError(f"dropout {self.dropout} must be in [0, 1)")
+            if not isinstance(self.tied, bool):
+                raise ValueError(f"tied must be true or false, got {self.tied!r}")
+        except ValueError as e:
+            raise ValueError(f"{where}{e}") from None
+
+    @property
+    def parts(self) -> list[str]:
+        """Intervention slots per layer: ``["all"]`` when tied (or one part only), else ``["first", "last"]``."""
+        spec = parse_positions(self.positions)
+        if self.tied or not (spec.first and spec.last):
+            return ["all"]
+        return ["first", "last"]
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Names of this spec's interventions: ``layer3`` (tied) or ``layer3_first`` / ``layer3_last``."""
+        if self.layers == "all":
+            raise ValueError("layers='all' is resolved when the config is attached to a model")
+        return [prefix + (f"layer{i}" if p == "all" else f"layer{i}_{p}") for i in self.layers for p in self.parts]
+
+
 @dataclass
 class ReftConfig:
     """Where and how to intervene.
@@ -65,6 +119,10 @@ class ReftConfig:
         act: activation on ``W h + b`` (relu, gelu, silu, tanh, …) or None. Default: None
         dtype: intervention parameter dtype; keep fp32 for bf16 models. Default: ``"float32"``
         layers_path: dotted path of the layer list when automatic discovery fails, e.g. ``"model.layers"``.
+        representations: several specs in one adapter, each a dict of some of ``layers``, ``component``,
+            ``positions``, ``tied``, ``rank``, ``intervention``, ``dropout``, ``act`` (pyreft's
+            ``representations=[{...}, ...]``); a field a spec leaves out takes the flat field's value. Default: None
+            (the flat fields are the one spec)
         base_model: name of the base model (filled in on attach; checked on load).
         model_type, hidden_size, num_layers: the base model's (filled in on attach; checked on load).
     """
@@ -79,6 +137,7 @@ class ReftConfig:
     act: str | None = None
     dtype: str = "float32"
     layers_path: str | None = None
+    representations: list[dict[str, Any]] | None = None
     base_model: str | None = None
     model_type: str | None = None
     hidden_size: int | None = None
@@ -86,39 +145,50 @@ class ReftConfig:
     format_version: int = field(default=FORMAT_VERSION)
 
     def __post_init__(self) -> None:
+        Representation(**{k: getattr(self, k) for k in SPEC_FIELDS}).validate(self.num_layers, self.hidden_size)
         self.layers = parse_layers(self.layers, self.num_layers)
-        if self.component not in COMPONENTS:
-            raise ValueError(f"unknown component {self.component!r}: choose one of {list(COMPONENTS)}")
         self.positions = str(parse_positions(self.positions))
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
-            raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
-        if self.hidden_size is not None and self.rank > self.hidden_size:
-            raise ValueError(f"rank {self.rank} > hidden size {self.hidden_size}: choose rank ≤ {self.hidden_size}")
-        get_intervention_class(self.intervention)
-        make_activation(self.act)
         resolve_dtype(self.dtype)
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout {self.dropout} must be in [0, 1)")
         if self.layers_path is not None and not _LAYERS_PATH.match(str(self.layers_path)):
             raise ValueError(f"layers_path {self.layers_path!r} must be a dotted path of public attribute names, "
                              "e.g. 'model.layers'")
-        if not isinstance(self.tied, bool):
-            raise ValueError(f"tied must be true or false, got {self.tied!r}")
+        if self.representations is not None:
+            self.representations = [self._spec_dict(i, r) for i, r in enumerate(self.representations)]
+
+    def _spec_dict(self, i: int, rep: Any) -> dict[str, Any]:
+        where = f"representations[{i}]: "
+        if isinstance(rep, Representation):
+            rep = dataclasses.asdict(rep)
+        if not isinstance(rep, dict):
+            raise ValueError(f"{where}must be a dict of {list(SPEC_FIELDS)}, got {type(rep).__name__}")
+        unknown = sorted(set(rep) - set(SPEC_FIELDS))
+        if unknown:
+            raise ValueError(f"{where}unknown keys {unknown}: a spec takes {list(SPEC_FIELDS)} (dtype and "
+                             "layers_path are per adapter)")
+        spec = Representation(**({k: getattr(self, k) for k in SPEC_FIELDS} | rep))
+        spec.validate(self.num_layers, self.hidden_size, where)
+        return dataclasses.asdict(spec)
 
     # ---- derived -------------------------------------------------------------------------------------------
     @property
+    def specs(self) -> list[Representation]:
+        """The representation specs: ``representations`` if given, else one spec made of the flat fields."""
+        if self.representations is None:
+            return [Representation(**{k: getattr(self, k) for k in SPEC_FIELDS})]
+        return [Representation(**r) for r in self.representations]
+
+    def spec_prefix(self, index: int) -> str:
+        """Key prefix of spec ``index``: none for a one-spec config (keys as before), ``r<index>_`` otherwise."""
+        return "" if self.representations is None else f"r{index}_"
+
+    @property
     def parts(self) -> list[str]:
-        """Intervention slots per layer: ``["all"]`` when tied (or one part only), else ``["first", "last"]``."""
-        spec = parse_positions(self.positions)
-        if self.tied or not (spec.first and spec.last):
-            return ["all"]
-        return ["first", "last"]
+        """The parts of a one-spec config (see :attr:`Representation.parts`)."""
+        return self.specs[0].parts
 
     def keys(self) -> list[str]:
-        """Names of the interventions, e.g. ``layer3`` (tied) or ``layer3_first`` / ``layer3_last``."""
-        if self.layers == "all":
-            raise ValueError("layers='all' is resolved when the config is attached to a model")
-        return [f"layer{i}" if p == "all" else f"layer{i}_{p}" for i in self.layers for p in self.parts]
+        """Names of all interventions, e.g. ``layer3`` / ``layer3_first``; with several specs ``r1_layer3`` …"""
+        return [k for i, spec in enumerate(self.specs) for k in spec.keys(self.spec_prefix(i))]
 
     # ---- JSON ----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

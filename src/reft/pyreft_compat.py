@@ -241,22 +241,21 @@ def import_pyreft(
     if not isinstance(types, list) or len(types) != len(reps):
         raise ValueError(f"config.json lists {len(reps)} representations but intervention_types is {types!r}")
     kinds = [_type_name(t) for t in types]
-    if len(set(kinds)) != 1:
-        raise ValueError(f"pyreft model mixes intervention types {sorted(set(kinds))}: reft uses one type per adapter")
     for i, rep in enumerate(reps):
         if rep.get("unit", "pos") != "pos" or int(rep.get("max_number_of_units") or 1) != 1:
             raise ValueError(f"representation {i}: only unit='pos' with one unit maps to reft, got {rep}")
         if rep.get("intervention_link_key") is not None or rep.get("subspace_partition") is not None:
             raise ValueError(f"representation {i}: linked or partitioned interventions have no reft equivalent")
-    components = {rep.get("component", "block_output") for rep in reps}
-    ranks = {rep.get("low_rank_dimension") for rep in reps}
-    if len(components) != 1 or next(iter(components)) not in COMPONENTS:
-        raise ValueError(f"pyreft components {sorted(map(str, components))}: reft needs one of {list(COMPONENTS)} "
-                         "for all interventions")
-    if len(ranks) != 1 or not isinstance(next(iter(ranks)), int):
-        raise ValueError(f"pyreft low_rank_dimension {sorted(map(str, ranks))}: reft needs one integer rank")
-    layers = [int(rep["layer"]) for rep in reps]
-    keys = _layout(layers, spec.first, spec.last)
+        if rep.get("component", "block_output") not in COMPONENTS:
+            raise ValueError(f"representation {i}: pyreft component {rep.get('component')!r}: reft needs one of "
+                             f"{list(COMPONENTS)}")
+        if not isinstance(rep.get("low_rank_dimension"), int):
+            raise ValueError(f"representation {i}: low_rank_dimension {rep.get('low_rank_dimension')!r} must be an "
+                             "integer rank")
+    # representations of one (type, component, rank) form one reft spec; several groups → several specs
+    groups: dict[tuple[str, str, int], list[int]] = {}
+    for i, (kind, rep) in enumerate(zip(kinds, reps)):
+        groups.setdefault((kind, rep.get("component", "block_output"), rep["low_rank_dimension"]), []).append(i)
 
     sorted_keys = data.get("sorted_keys")
     if not (isinstance(sorted_keys, list) and len(sorted_keys) == len(reps)):  # pyvene's naming scheme
@@ -268,22 +267,29 @@ def import_pyreft(
             sorted_keys.append(f"{stem}#{counter[stem]}")
 
     state: dict[str, torch.Tensor] = {}
-    for key, pyvene_key in zip(keys, sorted_keys):
-        if not re.fullmatch(r"[A-Za-z0-9_#.\-]+", str(pyvene_key)):
-            raise ValueError(f"unexpected intervention key {pyvene_key!r} in config.json")
-        path = os.path.join(src, f"intkey_{pyvene_key}.bin")
-        for name, tensor in _convert(kinds[0], _load_bin(path), act, os.path.basename(path)).items():
-            state[f"{key}.{name}"] = tensor.float().contiguous()
+    specs = []
+    for j, ((kind, component, rank), members) in enumerate(groups.items()):
+        prefix = "" if len(groups) == 1 else f"r{j}_"
+        layers = [int(reps[i]["layer"]) for i in members]
+        for i, key in zip(members, _layout(layers, spec.first, spec.last)):
+            pyvene_key = sorted_keys[i]
+            if not re.fullmatch(r"[A-Za-z0-9_#.\-]+", str(pyvene_key)):
+                raise ValueError(f"unexpected intervention key {pyvene_key!r} in config.json")
+            path = os.path.join(src, f"intkey_{pyvene_key}.bin")
+            for name, tensor in _convert(kind, _load_bin(path), act, os.path.basename(path)).items():
+                state[f"{prefix}{key}.{name}"] = tensor.float().contiguous()
+        untied = any(k.endswith("_first") for k in _layout(layers, spec.first, spec.last))
+        specs.append({"layers": sorted(set(layers)), "component": component, "positions": str(spec),
+                      "tied": not untied, "rank": rank, "intervention": _TYPES[kind],
+                      "act": None if act == "linear" else act, "dropout": dropout})
 
-    rank = next(iter(ranks))
-    sample = f"{keys[0]}.source.weight"  # W: [r, d]; ConsReFT/LoBiReFT have only R: [d, r]
-    hidden = int(state[sample].shape[1]) if sample in state else int(state[f"{keys[0]}.rotate.weight"].shape[0])
-    cfg = {"layers": sorted(set(layers)), "component": next(iter(components)), "positions": str(spec),
-           "tied": not any(k.endswith("_first") for k in keys), "rank": rank, "intervention": _TYPES[kinds[0]],
-           "act": None if act == "linear" else act, "dropout": dropout, "hidden_size": hidden}
+    sample = next(k for k in state if k.endswith(("source.weight", "rotate.weight")))
+    # W: [r, d]; ConsReFT/LoBiReFT have only R: [d, r]
+    hidden = int(state[sample].shape[1] if sample.endswith("source.weight") else state[sample].shape[0])
+    cfg = (specs[0] if len(specs) == 1 else specs[0] | {"representations": specs}) | {"hidden_size": hidden}
     if model is not None:
         from .model.layers import model_dims
-        from .model.reft_model import _model_name
+        from .model.layers import model_name as _model_name
         from .save_load import check_compatible
 
         _, num_layers = model_dims(model)
@@ -309,11 +315,13 @@ def import_pyreft(
 
 def _check_shapes(config: ReftConfig, state: dict[str, torch.Tensor]) -> None:
     """Every converted tensor has the name and shape a fresh reft intervention has."""
-    cls = get_intervention_class(config.intervention)
-    with torch.device("meta"):
-        template = cls(config.hidden_size, config.rank)
-    expected = {f"{key}.{n}": tuple(t.shape) for key in config.keys() for n, t in template.state_dict().items()}
+    expected = {}
+    for j, spec in enumerate(config.specs):
+        cls = get_intervention_class(spec.intervention)
+        with torch.device("meta"):
+            template = cls(config.hidden_size, spec.rank)
+        expected |= {f"{key}.{n}": tuple(t.shape) for key in spec.keys(config.spec_prefix(j))
+                     for n, t in template.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if expected != got:
-        raise ValueError(f"converted tensors do not match reft's {config.intervention}: expected {expected}, "
-                         f"got {got}")
+        raise ValueError(f"converted tensors do not match reft's interventions: expected {expected}, got {got}")

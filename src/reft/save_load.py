@@ -187,7 +187,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, *, is_trainable
         directory: an adapter directory written by ``save_pretrained``.
         is_trainable: keep the interventions trainable (e.g. to continue training). Default: False (eval mode).
     """
-    from .model.reft_model import get_reft_model
+    from .model import get_reft_model
 
     config, state, metadata = read_adapter(directory)
     check_compatible(config, model)

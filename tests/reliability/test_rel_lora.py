@@ -30,8 +30,9 @@ def _names(module, trainable: bool) -> set[str]:
 def test_both_adapters_train_and_reload_identically(tmp_path):
     peft_model, reft_model = _lora_reft()
     trainable = _names(reft_model, True)
-    assert trainable and all("lora_" in n or n.startswith("interventions.") for n in trainable)
-    assert any("lora_" in n for n in trainable) and any(n.startswith("interventions.") for n in trainable)
+    ours = "adapters.default.interventions."
+    assert trainable and all("lora_" in n or n.startswith(ours) for n in trainable)
+    assert any("lora_" in n for n in trainable) and any(n.startswith(ours) for n in trainable)
     assert not any("lora_" in n for n in _names(reft_model, False))  # nothing of LoRA frozen, the rest is
     batch = ReftDataCollator(0)(token_examples(4))
     before = {n: p.detach().clone() for n, p in reft_model.named_parameters() if p.requires_grad}

@@ -21,6 +21,7 @@ gathers its output back to ``[1, T, H, D]``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 
 import torch
@@ -29,7 +30,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 NAME = "reft_shared_prefix"
 PACKED = "reft_shared_prefix_packed"
-_index: list[torch.Tensor] = []  # the active packed layout (pushed by shared_prefix_attention)
+# the active packed layout, per thread / task (set by shared_prefix_attention)
+_index: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("reft_packed_index", default=None)
 
 
 def _shared_prefix_sdpa(module, query, key, value, attention_mask, **kwargs):
@@ -48,15 +50,19 @@ def _unpack(x: torch.Tensor, index: torch.Tensor, rows: int, width: int) -> torc
 
 
 def _packed_shared_prefix_sdpa(module, query, key, value, attention_mask, **kwargs):
-    index = _index[-1]
+    index = _index.get()
     rows, width = attention_mask.shape[0], attention_mask.shape[2]
     query, key, value = (_unpack(x, index, rows, width) for x in (query, key, value))
     out, weights = _shared_prefix_sdpa(module, query, key, value, attention_mask, **kwargs)  # [rows, width, H, D]
     return out.reshape(rows * width, *out.shape[2:]).index_select(0, index)[None], weights
 
 
-AttentionInterface.register(NAME, _shared_prefix_sdpa)
-AttentionInterface.register(PACKED, _packed_shared_prefix_sdpa)
+def _register() -> None:
+    """Register the two attention functions with transformers, once, the first time they are used (importing reft
+    changes nothing global)."""
+    if PACKED not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(NAME, _shared_prefix_sdpa)
+        AttentionInterface.register(PACKED, _packed_shared_prefix_sdpa)
 
 
 def supports_shared_prefix(config) -> bool:
@@ -72,16 +78,15 @@ def shared_prefix_attention(config, index: torch.Tensor | None = None) -> Iterat
         config: the model's config (its ``_attn_implementation`` is switched for the block).
         index: ``[T]``, the flat ``row · L + column`` slot of each token of a packed input; default: not packed.
     """
+    _register()
     previous = config._attn_implementation
     config._attn_implementation = NAME if index is None else PACKED
-    if index is not None:
-        _index.append(index)
+    token = _index.set(index)
     try:
         yield
     finally:
         config._attn_implementation = previous
-        if index is not None:
-            _index.pop()
+        _index.reset(token)
 
 
 def shared_prefix_mask(prefix: int, valid: torch.Tensor) -> torch.Tensor:

@@ -155,10 +155,16 @@ class FrozenCache:
 
             return forward
 
+        # an instance attribute shadows the class's forward; one set by someone else (accelerate's device hooks)
+        # is put back afterwards, not deleted
+        previous = [block.__dict__.get("forward") for block in blocks]
         for i, block in enumerate(blocks):
             block.forward = forward_for(i)
         try:
             yield
         finally:
-            for block in blocks:
-                del block.forward
+            for block, forward in zip(blocks, previous):
+                if forward is None:
+                    del block.forward
+                else:
+                    block.forward = forward

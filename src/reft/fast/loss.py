@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 
 def _chunk_for(device: torch.device) -> int:
-    # CPU: 2048 columns keep a [N, chunk] block and W_c in cache (2048 ran 1.5x faster than one [N, V] matmul on a
-    # 2-core EPYC); accelerators prefer large matmuls
+    # CPU: a [N, chunk] block and W_c stay in cache (docs/engine.md has the timing); accelerators prefer large
+    # matmuls
     return 2048 if device.type == "cpu" else 32768
 
 
@@ -91,3 +91,14 @@ def linear_cross_entropy(
     if reduction == "none":
         return losses
     return losses.sum() if reduction == "sum" else losses.mean()
+
+
+# causal LMs whose logits are exactly lm_head(last hidden state): a loss may skip the prompt's vocabulary logits
+PLAIN_LM_HEAD = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "phi3", "olmo", "olmo2"})
+
+
+def has_plain_lm_head(lm) -> bool:
+    """``lm`` (a transformers causal LM) computes ``logits = lm_head(last hidden state)`` and nothing else."""
+    cfg = lm.config
+    return (getattr(cfg, "model_type", None) in PLAIN_LM_HEAD and getattr(cfg, "final_logit_softcapping", None) is None
+            and lm.get_output_embeddings() is not None and lm.base_model is not lm)

@@ -184,7 +184,7 @@ class LoraForSequenceClassification(nn.Module):
 
     def __init__(self, peft_model: nn.Module, num_labels: int, head_dropout: float = 0.1) -> None:
         super().__init__()
-        from ..model.reft_model import ClassificationHead
+        from ..model.classification import ClassificationHead
 
         if num_labels < 1:
             raise ValueError(f"num_labels must be ≥ 1 (1 = regression), got {num_labels}")

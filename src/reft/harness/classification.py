@@ -259,7 +259,7 @@ def train_reft_classifier(model: nn.Module, tokenizer, config, task, train_examp
     Returns:
         ``(reft_model, info)`` with ``info`` as in :func:`fit_classifier`.
     """
-    from ..model.reft_model import get_reft_model
+    from ..model import get_reft_model
     from ..trainer import ReftTrainer
 
     settings = settings or TrainSettings()

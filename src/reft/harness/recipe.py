@@ -15,7 +15,7 @@ from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 
 from ..config import ReftConfig
 from ..data import ReftDataCollator, make_supervised_dataset
-from ..model.reft_model import ReftModel, get_reft_model
+from ..model import ReftModel, get_reft_model
 from ..save_load import atomic_write_text
 from ..trainer import ReftTrainer
 

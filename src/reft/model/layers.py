@@ -93,3 +93,24 @@ def component_module(layer: nn.Module, component: str) -> nn.Module:
         f"{type(layer).__name__} has no {component.replace('_output', '')} sub-module "
         f"(looked for {', '.join(_COMPONENT_CHILDREN[component])}): use component='block_output'"
     )
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    """A peft ``PeftModel`` (recognised by its attributes; peft is never imported here)."""
+    return hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None))
+
+
+def transformers_model(model: nn.Module) -> nn.Module:
+    """The transformers model that runs the forward: ``model`` itself, or the one inside a ``PeftModel``."""
+    return model.get_base_model() if is_peft_model(model) else model
+
+
+def cache_name(model: nn.Module) -> str:
+    """The KV-cache argument and output field: ``cache`` from transformers 5.24 on, ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def model_name(model: nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or None

@@ -1,73 +1,55 @@
-"""`ReftModel`: a frozen transformers model plus interventions attached by hooks.
+"""`ReftModel`: a frozen transformers model with named adapters of interventions, attached by hooks.
 
-    >>> reft_model = get_reft_model(model, ReftConfig(layers="3;9", positions="f7+l7", rank=4))
-    >>> out = reft_model(input_ids, attention_mask=mask, labels=labels, prompt_lengths=lens)
-    >>> reft_model.generate(input_ids, attention_mask=mask, max_new_tokens=32)
+    >>> reft_model = get_reft_model(model, ReftConfig(layers="3;9", positions="f7+l7", rank=4))  # adapter "default"
+    >>> reft_model.add_adapter("style", ReftConfig(layers="15", positions="l1"))
+    >>> out = reft_model(input_ids, attention_mask=mask, labels=labels, prompt_lengths=lens)   # the active adapter
+    >>> reft_model.generate(ids, attention_mask=mask, adapter_names=["default", "style", "default-style", None])
+
+The conventions are HF peft's (``add_adapter``, ``set_adapter``, ``delete_adapter``, ``disable_adapter``, the
+folder layout of ``save_pretrained``) so a peft user knows them. Rows of one batch may use different adapters or
+compositions of them (:mod:`reft.model.compose`); each row is edited at its own prompt positions.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import inspect
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
 
 from ..config import ReftConfig
-from ..fast.attention import shared_prefix_attention, shared_prefix_mask, supports_shared_prefix
+from ..fast import engine
 from ..fast.frozen_cache import FrozenBatch, FrozenCache, stochastic_modules
-from ..fast.loss import linear_cross_entropy
-from ..interventions import get_intervention_class
-from ..positions import parse_positions, prompt_positions
-from .hooks import InterventionContext, register_intervention_hook
-from .layers import component_module, find_layers, model_dims
+from ..fast.loss import has_plain_lm_head
+from ..positions import prompt_positions
+from .adapter import Adapter, AdapterView
+from .compose import BASE, Composition, check_adapter_name, parse_composition
+from .hooks import InterventionContext, Part, Placement, Plan, register_intervention_hook
+from .layers import (
+    cache_name,
+    component_module,
+    find_layers,
+    is_peft_model,
+    model_dims,
+    model_name,
+    transformers_model,
+)
 
-# causal LMs whose logits are exactly lm_head(last hidden state): the loss can skip prompt positions
-_PLAIN_LM_HEAD = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "phi3", "olmo", "olmo2"}
-
-
-def _model_name(model: nn.Module) -> str | None:
-    return getattr(getattr(model, "config", None), "_name_or_path", None) or None
-
-
-def is_peft_model(model: nn.Module) -> bool:
-    """A peft ``PeftModel`` (recognised by its attributes; peft is never imported here)."""
-    return hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None))
-
-
-def transformers_model(model: nn.Module) -> nn.Module:
-    """The transformers model that runs the forward: ``model`` itself, or the one inside a ``PeftModel``."""
-    return model.get_base_model() if is_peft_model(model) else model
+AdapterEntry = str | Sequence[tuple[str, float]] | None
 
 
-def _cache_name(base: nn.Module) -> str:
-    """The KV-cache argument and output field: ``cache`` from transformers 5.24 on, ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
-def _prefix_edits(positions: torch.Tensor, shared: int) -> torch.Tensor:
-    """Row 0's edits inside the shared prefix (``[1, K]``, ``-1`` elsewhere): alike in every row, applied once."""
-    return positions[:1].masked_fill(positions[:1] >= shared, -1)
-
-
-def _edits_after(positions: torch.Tensor, start: int) -> torch.Tensor:
-    """Each row's edits from ``start`` on, relative to ``start`` (``-1`` before it)."""
-    return torch.where(positions >= start, positions - start, -1)
-
-
-def _reusing(frozen: FrozenBatch | None, index) -> contextlib.AbstractContextManager:
-    """Around a base-model forward over ``index`` of the batch layout: replay or capture the frozen blocks."""
-    return frozen.call(index) if frozen is not None else contextlib.nullcontext()
-
-
-def _finish(frozen: FrozenBatch | None, shared: int) -> None:
-    if frozen is not None:
-        frozen.finish(shared)
+def prompt_lengths_from_labels(attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[B]`` prompt lengths implied by ``labels``: the attended tokens before a row's first label."""
+    labelled = labels != -100
+    start = attention_mask.long().argmax(1)  # first attended token
+    first = torch.where(labelled.any(1), labelled.long().argmax(1), start + attention_mask.long().sum(1))
+    lengths = first - start
+    if bool((lengths <= 0).any()):
+        raise ValueError("labels start at a row's first token, so no prompt is left to intervene on: mask the prompt "
+                         "with -100 in labels (reft.data.make_supervised_dataset does) or pass prompt_lengths")
+    return lengths
 
 
 class ReftModel(nn.Module):
@@ -77,64 +59,46 @@ class ReftModel(nn.Module):
 
     Args:
         model (nn.Module): a transformers model (decoder or encoder), or a peft ``PeftModel`` wrapping one.
-        config (ReftConfig): where and how to intervene; ``layers="all"`` is resolved against ``model``.
+        config (ReftConfig, optional): the first adapter; ``layers="all"`` is resolved against ``model``. Without
+            it the wrapper starts with no adapter (the bare model) and adapters are added later.
+        adapter_name (str): the first adapter's name. Default: ``"default"``
         freeze_base (bool): freeze the base model's parameters. A peft model keeps its own flags (peft has
             already frozen the base and left its adapter, e.g. LoRA, trainable). ``False`` changes no flag.
             Default: True
     """
 
-    def __init__(self, model: nn.Module, config: ReftConfig, *, freeze_base: bool = True) -> None:
+    def __init__(self, model: nn.Module, config: ReftConfig | None = None, *, adapter_name: str = "default",
+                 freeze_base: bool = True) -> None:
         super().__init__()
-        hidden, num_layers = model_dims(model)
-        data = config.to_dict() | {
-            "hidden_size": hidden,
-            "num_layers": num_layers,
-            "model_type": getattr(model.config, "model_type", None),
-            "base_model": config.base_model or _model_name(model),
-        }
-        data["layers"] = config.layers
-        self.reft_config = ReftConfig.from_dict(data)  # validates layers, rank against this model
+        if getattr(model, "_reft_wrapped", False):
+            raise ValueError("this model is already wrapped by a ReftModel: add another adapter to that wrapper "
+                             "(reft_model.add_adapter(name, config) / reft_model.load_adapter(dir, adapter_name=)), "
+                             "or call reft_model.unload() first to get the bare model back")
         self.model = model
         if freeze_base and not is_peft_model(model):
             for p in model.parameters():
                 p.requires_grad_(False)
-
-        cfg = self.reft_config
-        cls = get_intervention_class(cfg.intervention)
-        options = {"dropout": cfg.dropout, "act": cfg.act, "dtype": cfg.dtype}
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        with torch.device(device):
-            self.interventions = nn.ModuleDict({key: cls(hidden, cfg.rank, **options) for key in cfg.keys()})
-
+        self.adapters = nn.ModuleDict()
+        self.active_adapters: list[str] = []
+        self._trainable: dict[str, bool] = {}
         self._ctx = InterventionContext()
-        spec = parse_positions(cfg.positions)
-        slots = {"all": slice(0, spec.width), "first": slice(0, spec.first), "last": slice(spec.first, spec.width)}
-        blocks = find_layers(model, cfg.layers_path)
-        for i in cfg.layers:
-            parts = [(self.interventions[k], slots[k.partition("_")[2] or "all"]) for k in cfg.keys()
-                     if k.partition("_")[0] == f"layer{i}"]
-            target = component_module(blocks[i], cfg.component)
-            register_intervention_hook(target, self._ctx, parts, on_input=cfg.component == "block_input")
-        self._generating: tuple[torch.Tensor, int] | None = None
-        self._cache_key = _cache_name(transformers_model(model))  # looked up once, not per forward
-        # training loss: run the frozen prompt prefix once without autograd (see _decoder_hidden)
+        self._hooks: dict[tuple[str | None, int, str], list[Part]] = {}  # (layers_path, layer, component) → parts
+        self._hook_handles: dict = {}
+        self._generating: tuple[Plan | None, int] | None = None
+        self.cache_key = cache_name(transformers_model(model))  # looked up once, not per forward
+        # training loss: chunk the frozen prompt prefix (see reft.fast.engine); False = one plain forward
         self.split_frozen_prefix = True
-        # training loss: blocks below the lowest edit run once per example, then their output is reused (set to
-        # None to turn off; `.frozen_cache.max_bytes` bounds it)
-        self.frozen_cache = self._make_frozen_cache(blocks)
-        # on the module whose forward `generate` calls each step (inside a PeftModel: the transformers model)
-        self._ctx.handles.append(
-            transformers_model(model).register_forward_pre_hook(self._generation_step, with_kwargs=True)
-        )
-
-    def _make_frozen_cache(self, blocks: nn.ModuleList) -> FrozenCache | None:
-        cfg = self.reft_config
-        if cfg.component != "block_output" or is_peft_model(self.model):
-            return None
-        lowest = min(cfg.layers)
-        above = {id(m) for block in blocks[lowest + 1:] for m in block.modules()}
-        below = [m for m in self.model.modules() if id(m) not in above]
-        return FrozenCache(blocks, lowest, stochastic_modules(below))
+        self._frozen_cache: FrozenCache | None = None
+        self._reuse_frozen = True
+        self._ctx.handles.append(  # on the module whose forward `generate` calls each step
+            transformers_model(model).register_forward_pre_hook(self._generation_step, with_kwargs=True))
+        model._reft_wrapped = True
+        if config is not None:
+            try:
+                self.add_adapter(adapter_name, config)
+            except BaseException:
+                self.unload()  # a failed wrap leaves the base model as it was
+                raise
 
     # ---- plumbing ------------------------------------------------------------------------------------------
     def __getattr__(self, name: str):
@@ -149,42 +113,202 @@ class ReftModel(nn.Module):
     def config(self):
         return self.model.config
 
+    @property
+    def active_adapter(self) -> str | None:
+        """The first active adapter (the one ``interventions`` / ``reft_config`` / training refer to)."""
+        return self.active_adapters[0] if self.active_adapters else None
+
+    @property
+    def reft_configs(self) -> dict[str, ReftConfig]:
+        return {name: adapter.config for name, adapter in self.adapters.items()}
+
+    @property
+    def reft_config(self) -> ReftConfig | None:
+        """The active adapter's config."""
+        name = self.active_adapter
+        return self.adapters[name].config if name is not None else None
+
+    @property
+    def interventions(self) -> nn.ModuleDict:
+        """The active adapter's interventions."""
+        if self.active_adapter is None:
+            raise AttributeError("no active adapter: add one with add_adapter(name, config) or set_adapter(name)")
+        return self.adapters[self.active_adapter].interventions
+
+    @property
+    def frozen_cache(self) -> FrozenCache | None:
+        """Reuse of the frozen blocks' output across epochs (see :mod:`reft.fast.frozen_cache`); ``None`` = off.
+        Set it to ``None`` to turn the reuse off."""
+        return self._frozen_cache
+
+    @frozen_cache.setter
+    def frozen_cache(self, value: FrozenCache | None) -> None:
+        self._frozen_cache, self._reuse_frozen = value, value is not None
+
     def intervention_parameters(self) -> Iterator[nn.Parameter]:
         return self.interventions.parameters()
 
     def print_trainable_parameters(self) -> None:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.parameters())
+        for name, adapter in self.adapters.items():
+            for spec, size in zip(adapter.config.specs, adapter.spec_sizes()):
+                print(f"adapter {name!r}: {spec.intervention} rank {spec.rank} at {spec.component} of layers "
+                      f"{spec.layers}, positions {spec.positions}{'' if spec.tied else ' untied'}: {size:,} params")
         print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
 
-    def unload(self) -> nn.Module:
-        """Remove this wrapper's hooks (only its own) and return the untouched base model."""
-        for handle in self._ctx.handles:
-            handle.remove()
-        self._ctx.handles.clear()
-        return self.model
+    # ---- named adapters ------------------------------------------------------------------------------------
+    def add_adapter(self, adapter_name: str, config: ReftConfig, *, trainable: bool = True) -> None:
+        """Attach a new adapter; it becomes active only if no adapter is active yet (as in peft)."""
+        check_adapter_name(adapter_name)
+        if adapter_name in self.adapters:
+            raise ValueError(f"an adapter named {adapter_name!r} exists: delete_adapter({adapter_name!r}) first or "
+                             "choose another name")
+        hidden, num_layers = model_dims(self.model)
+        data = config.to_dict() | {
+            "hidden_size": hidden, "num_layers": num_layers,
+            "model_type": getattr(self.model.config, "model_type", None),
+            "base_model": config.base_model or model_name(self.model),
+        }
+        config = ReftConfig.from_dict(data)  # validates layers, rank against this model
+        blocks = find_layers(self.model, config.layers_path)
+        for spec in config.specs:  # every hooked module exists before anything is attached
+            for i in spec.layers:
+                component_module(blocks[i], spec.component)
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        with torch.device(device):
+            adapter = Adapter(config, hidden, self._new_head(config))
+        self.adapters[adapter_name] = adapter
+        self._trainable[adapter_name] = trainable
+        for j, spec in enumerate(config.specs):
+            for i in spec.layers:
+                parts = self._hook_parts(blocks, config.layers_path, i, spec.component)
+                parts.extend(((adapter_name, j), module, slots) for module, slots in adapter.parts(j, i))
+        if not self.active_adapters:
+            self.set_adapter(adapter_name)
+        else:
+            self._set_flags()
+
+    def _new_head(self, config: ReftConfig) -> nn.Module | None:
+        return None
+
+    def _hook_parts(self, blocks: nn.ModuleList, path: str | None, layer: int, component: str) -> list[Part]:
+        key = (path, layer, component)
+        if key not in self._hooks:
+            self._hooks[key] = []
+            target = component_module(blocks[layer], component)
+            handle = register_intervention_hook(target, self._ctx, self._hooks[key],
+                                                on_input=component == "block_input")
+            self._hook_handles[key] = handle
+        return self._hooks[key]
+
+    def set_adapter(self, adapter_name: str | Sequence[str]) -> None:
+        """Make ``adapter_name`` (or several, applied together: their edits add up) the active adapter(s): the ones
+        a call without ``adapter_names`` uses, and the only ones that train. The others are frozen and unused."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        unknown = [n for n in names if n not in self.adapters]
+        if unknown or not names:
+            raise ValueError(f"unknown adapter {unknown[0] if unknown else names!r}: loaded adapters are "
+                             f"{list(self.adapters)}")
+        self.active_adapters = names
+        self._set_flags()
+        self._refresh_frozen_cache()
+
+    def _set_flags(self) -> None:
+        for name, adapter in self.adapters.items():
+            for p in adapter.parameters():
+                p.requires_grad_(name in self.active_adapters and self._trainable[name])
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter, its interventions and (when nothing else uses them) its hooks."""
+        if adapter_name not in self.adapters:
+            raise ValueError(f"unknown adapter {adapter_name!r}: loaded adapters are {list(self.adapters)}")
+        for key, parts in list(self._hooks.items()):
+            parts[:] = [p for p in parts if p[0][0] != adapter_name]
+            if not parts:
+                handle = self._hook_handles.pop(key)
+                handle.remove()
+                self._ctx.handles.remove(handle)
+                del self._hooks[key]
+        del self.adapters[adapter_name]
+        del self._trainable[adapter_name]
+        self.active_adapters = [n for n in self.active_adapters if n != adapter_name]
+        self._refresh_frozen_cache()
 
     @contextlib.contextmanager
-    def disable_interventions(self) -> Iterator[None]:
-        """Inside this block the model is the frozen base model."""
+    def disable_adapter(self) -> Iterator[None]:
+        """Inside this block the model is the frozen base model (peft's name)."""
         previous, self._ctx.enabled = self._ctx.enabled, False
         try:
             yield
         finally:
             self._ctx.enabled = previous
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Turn on the base model's gradient checkpointing (non-reentrant, which a frozen base needs)."""
-        kwargs = {"use_reentrant": False} | (gradient_checkpointing_kwargs or {})
-        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers ≥ 5.x name
-            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    disable_interventions = disable_adapter
 
-    def set_positions(self, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Compute and install the positions the next forward intervenes on (see :mod:`reft.positions`)."""
-        self._ctx.positions = prompt_positions(attention_mask, prompt_lengths, self.reft_config.positions)
-        return self._ctx.positions
+    def unload(self) -> nn.Module:
+        """Remove this wrapper's hooks (only its own) and return the untouched base model."""
+        for handle in self._ctx.handles:
+            handle.remove()
+        self._ctx.handles.clear()
+        self._hooks.clear()
+        self.model.__dict__.pop("_reft_wrapped", None)
+        return self.model
+
+    def parse_adapter_spec(self, entry: AdapterEntry) -> Composition:
+        """One ``adapter_names`` entry → ``((name, weight), …)``, checked against the loaded adapters."""
+        composition = parse_composition(entry)
+        unknown = [n for n, _ in composition if n not in self.adapters]
+        if unknown:
+            raise ValueError(f"unknown adapter {unknown[0]!r} in {entry!r}: loaded adapters are {list(self.adapters)}"
+                             f" ({BASE!r} or None = the bare model)")
+        return composition
+
+    # ---- the edit plan of one call -------------------------------------------------------------------------
+    def _plan(self, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None,
+              adapter_names: Sequence[AdapterEntry] | None) -> Plan | None:
+        """Which rows each adapter spec edits, at which positions, with which weight (see :mod:`.hooks`)."""
+        if not self._ctx.enabled:
+            return None
+        batch = attention_mask.shape[0]
+        if adapter_names is None:
+            rows_of = {name: (list(range(batch)), [1.0] * batch) for name in self.active_adapters}
+        else:
+            if isinstance(adapter_names, str) or len(adapter_names) != batch:
+                raise ValueError(f"adapter_names must be a list with one entry per row ({batch}), got "
+                                 f"{adapter_names!r}")
+            rows_of = {}
+            for row, entry in enumerate(adapter_names):
+                for name, weight in self.parse_adapter_spec(entry):
+                    rows, weights = rows_of.setdefault(name, ([], []))
+                    rows.append(row)
+                    weights.append(weight)
+        plan: Plan = {}
+        positions_of: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+        device = attention_mask.device
+        for name in sorted(rows_of):
+            rows, weights = rows_of[name]
+            every = len(rows) == batch
+            index = None if every else torch.tensor(rows, device=device)
+            weight = None if all(w == 1.0 for w in weights) else torch.tensor(weights, device=device)
+            mask = attention_mask if every else attention_mask[index]
+            lengths = prompt_lengths if every or prompt_lengths is None else torch.as_tensor(prompt_lengths)[index]
+            for j, spec in enumerate(self.adapters[name].config.specs):
+                key = (spec.positions, tuple(rows))
+                if key not in positions_of:
+                    positions_of[key] = prompt_positions(mask, lengths, spec.positions)
+                plan[(name, j)] = Placement(positions_of[key], index, weight)
+        return plan or None
+
+    @contextlib.contextmanager
+    def editing(self, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None = None,
+                adapter_names: Sequence[AdapterEntry] | None = None) -> Iterator[Plan | None]:
+        """Within this block, calls of the wrapped base model (``reft_model.model``) on batches laid out like
+        ``attention_mask`` are edited as :meth:`forward` edits them (e.g. to get ``output_hidden_states``); yields
+        the plan. Outside such a block (and outside forward / generate) the base model is the bare base model."""
+        plan = self._plan(attention_mask, prompt_lengths, adapter_names)
+        with self._ctx.using(plan):
+            yield plan
 
     # ---- forward / loss ------------------------------------------------------------------------------------
     def forward(
@@ -194,6 +318,7 @@ class ReftModel(nn.Module):
         labels: torch.Tensor | None = None,
         prompt_lengths: torch.Tensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        adapter_names: Sequence[AdapterEntry] | None = None,
         **kwargs,
     ):
         """Run the base model with interventions at the prompt positions.
@@ -202,9 +327,12 @@ class ReftModel(nn.Module):
             input_ids: ``[B, T]``.
             attention_mask: ``[B, T]``; left or right padding. Default: all ones.
             labels: ``[B, T]`` with ``-100`` on ignored tokens (prompt, padding); shifted inside.
-            prompt_lengths: ``[B]`` prompt token counts; default: the whole attended input is prompt.
+            prompt_lengths: ``[B]`` prompt token counts; default: the tokens before a row's first label when
+                ``labels`` are given, else the whole attended input.
             num_items_in_batch: token count the summed loss is divided by (gradient accumulation); default:
                 the number of label tokens in this batch.
+            adapter_names: one entry per row (a name, a composition such as ``"a+b"`` / ``"-a"`` /
+                ``[("a", 0.5)]``, or ``None`` / ``"__base__"`` for the bare model); default: the active adapters.
 
         With ``labels`` on a causal LM whose logits are ``lm_head(h)``, vocabulary logits are computed only at
         the positions that have a label (``logits`` is then ``None``): the prompt's logits are never needed.
@@ -212,100 +340,55 @@ class ReftModel(nn.Module):
         if attention_mask is None:
             ref = input_ids if input_ids is not None else kwargs["inputs_embeds"][..., 0]
             attention_mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
-        self.set_positions(attention_mask, prompt_lengths)
-        if labels is not None:
+        if labels is not None and prompt_lengths is None:
+            prompt_lengths = prompt_lengths_from_labels(attention_mask, labels)
+        plan = self._plan(attention_mask, prompt_lengths, adapter_names)
+        if labels is not None and plan is not None and not kwargs:
             trainable_base = any(p.requires_grad for p in self.model.parameters())  # one scan per forward
-            if self._sparse_loss_ok(kwargs, trainable_base):
-                return self._sparse_lm_loss(input_ids, attention_mask, labels, num_items_in_batch,
-                                            reuse_frozen=not trainable_base)
+            if self._fast_loss_ok(trainable_base, plan):
+                frozen = None if trainable_base or adapter_names is not None else self._frozen_batch(
+                    input_ids, attention_mask)
+                return engine.lm_loss(transformers_model(self.model), self._ctx, plan, input_ids, attention_mask,
+                                      labels, num_items_in_batch, cache_key=self.cache_key,
+                                      chunk=self.split_frozen_prefix and not self._checkpointing(), frozen=frozen)
         if labels is not None and num_items_in_batch is not None:
             kwargs["num_items_in_batch"] = num_items_in_batch
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+        with self._ctx.using(plan):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
 
-    def _sparse_loss_ok(self, kwargs: dict, trainable_base: bool) -> bool:
-        lm = transformers_model(self.model)
-        cfg = lm.config
+    def _fast_loss_ok(self, trainable_base: bool, plan: Plan) -> bool:
         # the fast path runs part of the prompt without autograd: only valid when the base model is frozen (a
-        # peft/LoRA base or freeze_base=False takes the plain path, with gradients through every position)
+        # peft/LoRA base or freeze_base=False takes the plain path, with gradients through every position); its
+        # chunking needs every placement to cover the whole batch at weight 1
         return (
             not is_peft_model(self.model)
             and not (torch.is_grad_enabled() and trainable_base)
-            and getattr(cfg, "model_type", None) in _PLAIN_LM_HEAD
-            and getattr(cfg, "final_logit_softcapping", None) is None
-            and lm.get_output_embeddings() is not None
-            and lm.base_model is not lm
-            and not kwargs
+            and has_plain_lm_head(self.model)
+            and all(p.rows is None and p.weight is None for p in plan.values())
         )
 
-    def _sparse_lm_loss(self, input_ids, attention_mask, labels, num_items_in_batch, *, reuse_frozen: bool = False):
-        hidden, offset = self._decoder_hidden(input_ids, attention_mask, labels, reuse_frozen=reuse_frozen)
-        targets = labels[:, offset + 1:]
-        keep = targets != -100  # [B, T-1-offset]
-        h = hidden[:, :-1][keep]  # [N, d]: only positions that predict a label
-        head = transformers_model(self.model).get_output_embeddings()
-        loss = linear_cross_entropy(h, head.weight, targets[keep], head.bias)  # no [N, vocab] logits kept
-        denom = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
-        if isinstance(denom, torch.Tensor):
-            denom = denom.to(loss.device)
-        return CausalLMOutputWithPast(loss=loss / denom, logits=None)
+    def _refresh_frozen_cache(self) -> None:
+        """The cache follows the active adapters: blocks below their lowest edited layer (block outputs only)."""
+        if not self._reuse_frozen:
+            return
+        specs = [s for n in self.active_adapters for s in self.adapters[n].config.specs]
+        if not specs or any(s.component != "block_output" for s in specs) or is_peft_model(self.model):
+            self._frozen_cache = None
+            return
+        lowest = min(min(s.layers) for s in specs)
+        if self._frozen_cache is not None and self._frozen_cache.layer == lowest:
+            return
+        paths = {self.adapters[n].config.layers_path for n in self.active_adapters}
+        blocks = find_layers(self.model, paths.pop() if len(paths) == 1 else None)
+        above = {id(m) for block in blocks[lowest + 1:] for m in block.modules()}
+        below = [m for m in self.model.modules() if id(m) not in above]
+        self._frozen_cache = FrozenCache(blocks, lowest, stochastic_modules(below))
 
-    def _decoder_hidden(self, input_ids, attention_mask, labels=None, *, reuse_frozen: bool = False,
-                        **kwargs) -> tuple[torch.Tensor, int]:
-        """Last hidden states from position ``offset`` on, computing only what differs from work done elsewhere.
-
-        Attention is causal, so a token's hidden states depend only on the tokens up to it. Two exact savings follow:
-
-        * a prefix shared by every row (a chat template's system prompt, a fixed instruction), in which every row
-          is edited at the same positions, is the same computation in every row: it runs once. When it holds edits
-          (and the model uses SDPA) it is an extra row of the same forward whose keys/values every other row
-          attends to (:mod:`reft.fast.attention`); otherwise it runs first, for one row, and its KV cache is
-          repeated for the batch (gradients flow back through the repeat);
-        * tokens before the first edited position ``c`` are the frozen model's computation: they run without
-          autograd, so backward stops at ``c``.
-
-        The rest runs after them (with the cached keys/values). ``offset`` = where that rest starts. With
-        ``reuse_frozen`` (the caller has checked that no base parameter trains), blocks below the lowest edited layer
-        run once per example across calls (:attr:`frozen_cache`, see :mod:`reft.fast.frozen_cache`).
-        """
-        base = self.model.base_model
-        positions = self._ctx.positions
-        shared, split = self._chunk_bounds(input_ids, attention_mask, positions, labels)
-        frozen = self._frozen_batch(input_ids, attention_mask, kwargs) if reuse_frozen else None
-        if max(shared, split) < 2:
-            with _reusing(frozen, (slice(None), slice(None))):
-                out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
-            _finish(frozen, 0)
-            return out.last_hidden_state, 0
-        if shared >= 2 and split < shared and not kwargs and supports_shared_prefix(base.config):
-            hidden = self._prefix_row_hidden(base, input_ids, attention_mask, positions, shared, frozen)
-            _finish(frozen, shared)
-            return hidden, shared
-        cache, key = None, self._cache_key
-        if shared >= 2:  # chunk 1: the shared prefix, once
-            self._ctx.positions = _prefix_edits(positions, shared)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and shared > split), \
-                    _reusing(frozen, (slice(0, 1), slice(0, shared))):
-                cache = getattr(base(input_ids=input_ids[:1, :shared], attention_mask=attention_mask[:1, :shared],
-                                     use_cache=True), key)
-            cache.batch_repeat_interleave(input_ids.shape[0])
-        start = shared if shared >= 2 else 0
-        if split > start:  # chunk 2: the rest of the frozen part, without autograd
-            with torch.no_grad(), self.disable_interventions(), _reusing(frozen, (slice(None), slice(start, split))):
-                cache = getattr(base(input_ids=input_ids[:, start:split], attention_mask=attention_mask[:, :split],
-                                     use_cache=True, **{key: cache}), key)
-            start = split
-        self._ctx.positions = _edits_after(positions, start)  # relative to the last chunk
-        with _reusing(frozen, (slice(None), slice(start, None))):
-            out = base(input_ids=input_ids[:, start:], attention_mask=attention_mask, use_cache=True,
-                       **{key: cache}, **kwargs)
-        _finish(frozen, shared if shared >= 2 else 0)
-        return out.last_hidden_state, start
-
-    def _frozen_batch(self, input_ids, attention_mask, kwargs) -> FrozenBatch | None:
+    def _frozen_batch(self, input_ids, attention_mask) -> FrozenBatch | None:
         """This batch's use of :attr:`frozen_cache` (``None``: compute everything, store nothing)."""
-        if self.frozen_cache is None or kwargs or not self._ctx.enabled or self._checkpointing():
+        if self._frozen_cache is None or not self._ctx.enabled or self._checkpointing():
             return None
-        return self.frozen_cache.begin(input_ids, attention_mask)
+        return self._frozen_cache.begin(input_ids, attention_mask)
 
     def _checkpointing(self) -> bool:
         checkpointing = getattr(self.model, "is_activation_checkpointing", None)
@@ -313,174 +396,115 @@ class ReftModel(nn.Module):
             checkpointing = getattr(self.model, "is_gradient_checkpointing", False)
         return bool(checkpointing)
 
-    def _prefix_row_hidden(self, base, input_ids, attention_mask, positions, shared: int,
-                           frozen: FrozenBatch | None = None) -> torch.Tensor:
-        """Hidden states from ``shared`` on, with the edited shared prefix as an extra row 0 of the same forward.
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Turn on the base model's gradient checkpointing (non-reentrant, which a frozen base needs). The layers'
+        recomputation in backward runs after ``forward`` returned: it gets the call's edit plan back through the
+        checkpoint's ``context_fn``."""
 
-        Row 0 = the prefix, rows ``1..B`` = each row after it (see :mod:`reft.fast.attention`); position ids
-        continue after the prefix, and the prefix's edits are applied once, in row 0. The forward runs packed: one
-        row of the real tokens of that layout (no padding), edits at their packed positions.
-        """
-        batch, length = input_ids.shape
-        width = max(shared, length - shared)
+        def contexts():  # called in forward, where the plan is set; the second context runs the recomputation
+            return contextlib.nullcontext(), self._ctx.using(self._ctx.plan)
 
-        def pad(x: torch.Tensor, value) -> torch.Tensor:
-            return F.pad(x, (0, width - x.shape[1]), value=value)
-
-        ids = torch.cat([pad(input_ids[:1, :shared], 0), pad(input_ids[:, shared:], 0)])
-        mask = attention_mask.bool()
-        valid = torch.cat([pad(mask[:1, :shared], False), pad(mask[:, shared:], False)])  # [B+1, W]
-        ar = torch.arange(width, device=input_ids.device)
-        position_ids = torch.cat([ar[None], (ar + shared)[None].expand(batch, width)])
-        # packed layout: token t of the one packed row is flat slot index[t] of the [B+1, W] layout
-        index = valid.flatten().nonzero().squeeze(1)
-        packed_at = (valid.flatten().long().cumsum(0) - 1).view(batch + 1, width)  # slot -> packed position
-        edits = torch.cat([_prefix_edits(positions, shared), _edits_after(positions, shared)])  # [B+1, K]
-        self._ctx.positions = torch.where(edits >= 0, packed_at.gather(1, edits.clamp(min=0)), -1)
-        self._ctx.rows = torch.zeros(batch + 1, dtype=torch.long, device=input_ids.device)
-        # the packed row's tokens in the [B, T] batch layout (for the frozen cache): row 0 is batch row 0's prefix
-        layout_row, column = index // width, index % width
-        batch_index = ((layout_row - 1).clamp(min=0)[None],
-                       torch.where(layout_row == 0, column, column + shared)[None])
-        try:
-            with shared_prefix_attention(base.config, index), _reusing(frozen, batch_index):
-                out = base(input_ids=ids.flatten()[index][None], attention_mask=shared_prefix_mask(shared, valid),
-                           position_ids=position_ids.flatten()[index][None], use_cache=False)
-        finally:
-            self._ctx.rows = None
-        h = out.last_hidden_state[0]  # [T, d]
-        h = h.new_zeros(valid.numel(), h.shape[-1]).index_copy(0, index, h).view(batch + 1, width, -1)
-        return h[1:, : length - shared]
-
-    def _chunk_bounds(self, input_ids, attention_mask, positions, labels=None) -> tuple[int, int]:
-        """``(shared, split)``: the shared-prefix length and the first edited position (0 when not applicable)."""
-        valid = positions[positions >= 0]
-        if not self.split_frozen_prefix or not self._ctx.enabled or self._checkpointing() or not valid.numel():
-            # gradient checkpointing drops the KV cache inside the layers, and its recompute in backward would run
-            # outside the prefix-row attention switch: no chunking then
-            return 0, 0
-        split = int(valid.min())
-        # keep every row's first predicting position (the one before its first label) in the last chunk
-        limit = int(attention_mask.sum(1).min()) - 1
-        if labels is not None:
-            labelled = labels != -100
-            first = torch.where(labelled.any(1), labelled.long().argmax(1), labels.shape[1])
-            limit = min(limit, int(first.min()) - 1)
-        same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)  # [T]
-        shared = int(same.long().cumprod(0).sum())
-        for slot in range(positions.shape[1]):  # every row must be edited alike inside the shared prefix
-            column = positions[:, slot]
-            inside = column < shared
-            if inside.any() and not (column == column[0]).all():
-                shared = min(shared, int(column[column >= 0].min()))
-        return min(shared, limit), split
+        kwargs = {"use_reentrant": False, "context_fn": contexts} | (gradient_checkpointing_kwargs or {})
+        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers ≥ 5.x name
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     # ---- generation ----------------------------------------------------------------------------------------
     def _generation_step(self, module, args, kwargs):
         """Before each base-model forward inside :meth:`generate`: intervene iff it starts at position 0."""
         if self._generating is None:
             return None
-        positions, batch = self._generating
-        cache = kwargs.get(self._cache_key)
+        plan, batch = self._generating
+        cache = kwargs.get(self.cache_key)
         cached = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
-        if cached:
-            self._ctx.positions = None  # a decode step: the edit reaches it through the KV cache
+        if cached or plan is None:
+            self._ctx.plan = None  # a decode step: the edit reaches it through the KV cache
         else:
             ids = kwargs.get("input_ids", args[0] if args else None)
             rows = (ids if ids is not None else kwargs["inputs_embeds"]).shape[0]
-            self._ctx.positions = positions.repeat_interleave(rows // batch, dim=0)  # beams / num_return_sequences
+            self._ctx.plan = {k: p.repeat_interleave(rows // batch) for k, p in plan.items()}  # beams / samples
         return None
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 adapter_names: Sequence[AdapterEntry] | None = None, **kwargs) -> torch.Tensor:
         """``model.generate`` with interventions on the prompt positions during prefill.
 
-        The whole input is the prompt (use left padding for batches). Greedy, sampling and beam search all work;
+        The whole input is the prompt; batches must be left-padded. Greedy, sampling and beam search all work;
         beams and ``num_return_sequences`` repeat the positions per row as ``generate`` repeats the inputs.
+        ``adapter_names`` as in :meth:`forward`. Runs in eval mode (no dropout), whatever the mode outside.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        positions = prompt_positions(attention_mask, None, self.reft_config.positions)
-        self._generating = (positions, input_ids.shape[0])
+        mask = attention_mask.bool()
+        if bool((mask[:, :-1] & ~mask[:, 1:]).any()):
+            raise ValueError("generate needs left-padded inputs (padding before the prompt): a row has padding after "
+                             "its tokens; set tokenizer.padding_side = 'left' (reft.generation does)")
+        plan = self._plan(attention_mask, None, adapter_names)
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        self._generating = (plan, input_ids.shape[0])
         try:
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         finally:
             self._generating = None
-            self._ctx.positions = None
+            self._ctx.plan = None
+            for m, training in modes:
+                m.training = training
 
     # ---- persistence ---------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike, **_: object) -> None:
-        """Write ``reft_config.json`` + ``reft_model.safetensors`` atomically (see :mod:`reft.save_load`)."""
+    def _view(self, name: str) -> AdapterView:
+        return AdapterView(self.adapters[name], getattr(self, "num_labels", None))
+
+    def save_pretrained(self, directory: str | os.PathLike, selected_adapters: Sequence[str] | None = None,
+                        is_main_process: bool = True, **_: object) -> None:
+        """Write each adapter as ``reft_config.json`` + ``reft_model.safetensors`` (see :mod:`reft.save_load`):
+        ``default`` in ``directory`` itself, every other adapter in ``directory/<name>`` (peft's layout)."""
         from ..save_load import save_adapter
 
-        save_adapter(self, directory)
+        if not is_main_process:
+            return
+        names = list(self.adapters) if selected_adapters is None else list(selected_adapters)
+        unknown = [n for n in names if n not in self.adapters]
+        if unknown:
+            raise ValueError(f"unknown adapter {unknown[0]!r}: loaded adapters are {list(self.adapters)}")
+        for name in sorted(names, key=lambda n: n != "default"):  # the top level first: it may replace the folder
+            save_adapter(self._view(name), directory if name == "default" else os.path.join(directory, name))
+
+    def load_adapter(self, directory: str | os.PathLike, adapter_name: str = "default", *,
+                     is_trainable: bool = False) -> None:
+        """Add the adapter saved in ``directory`` under ``adapter_name``; refuses one trained on another base model.
+        It is frozen unless ``is_trainable``; it becomes active only if no adapter is active yet."""
+        from ..save_load import check_compatible, load_reft_state_dict, read_adapter
+
+        config, state, _ = read_adapter(directory)
+        check_compatible(config, self.model)
+        self.add_adapter(adapter_name, config, trainable=is_trainable)
+        try:
+            load_reft_state_dict(self._view(adapter_name), state)
+        except BaseException:
+            self.delete_adapter(adapter_name)
+            raise
+        if not is_trainable:
+            self.adapters[adapter_name].eval()
 
     @classmethod
-    def from_pretrained(cls, model: nn.Module, directory: str | os.PathLike, **kwargs) -> ReftModel:
-        """Attach the adapter saved in ``directory`` to ``model``; refuses a mismatched base model."""
-        from ..save_load import load_adapter
+    def from_pretrained(cls, model: nn.Module, directory: str | os.PathLike, adapter_name: str = "default", *,
+                        is_trainable: bool = False, **kwargs) -> ReftModel:
+        """Wrap ``model`` with the adapter saved in ``directory`` (named ``adapter_name``); a classifier adapter
+        gives a :class:`reft.ReftModelForSequenceClassification`. Refuses a mismatched base model."""
+        from ..save_load import read_adapter
 
-        return load_adapter(model, directory, **kwargs)
-
-
-class ClassificationHead(nn.Module):
-    """``logits = W_o tanh(W_d h_CLS + b_d) + b_o`` (the RoBERTa-style head; softmax lives in the loss)."""
-
-    def __init__(self, hidden: int, num_labels: int, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.dense = nn.Linear(hidden, hidden)
-        self.dropout = nn.Dropout(dropout)
-        self.out_proj = nn.Linear(hidden, num_labels)
-
-    def forward(self, h_cls: torch.Tensor) -> torch.Tensor:
-        """``[B, d] → [B, num_labels]``."""
-        return self.out_proj(self.dropout(torch.tanh(self.dense(self.dropout(h_cls)))))
+        _, _, metadata = read_adapter(directory)
+        if "num_labels" in metadata and not hasattr(cls, "head"):
+            cls = _CLASSIFIER[0]
+            kwargs["num_labels"] = int(metadata["num_labels"])
+        wrapper = cls(model, **kwargs)
+        wrapper.load_adapter(directory, adapter_name, is_trainable=is_trainable)
+        if not is_trainable:
+            wrapper.eval()
+        return wrapper
 
 
-class ReftModelForSequenceClassification(ReftModel):
-    """An encoder with interventions and a trainable head on the first token.
-
-    ``num_labels == 1`` is regression (MSE, e.g. STS-B); otherwise cross-entropy over classes.
-    """
-
-    def __init__(self, model: nn.Module, config: ReftConfig, num_labels: int, head_dropout: float = 0.1, *,
-                 freeze_base: bool = True) -> None:
-        super().__init__(model, config, freeze_base=freeze_base)
-        if num_labels < 1:
-            raise ValueError(f"num_labels must be ≥ 1 (1 = regression), got {num_labels}")
-        self.num_labels = num_labels
-        device = next(self.model.parameters()).device
-        self.head = ClassificationHead(self.reft_config.hidden_size, num_labels, head_dropout).to(device)
-
-    def forward(self, input_ids=None, attention_mask=None, labels=None, token_type_ids=None, **kwargs):
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        self.set_positions(attention_mask, None)
-        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        logits = self.head(hidden[:, 0])
-        loss = None
-        if labels is not None:
-            if self.num_labels == 1:
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
-            else:
-                loss = F.cross_entropy(logits.float(), labels.long())
-        return SequenceClassifierOutput(loss=loss, logits=logits)
-
-
-def get_reft_model(
-    model: nn.Module, config: ReftConfig, *, num_labels: int | None = None, freeze_base: bool = True
-) -> ReftModel:
-    """Freeze ``model`` and attach the interventions ``config`` describes.
-
-    Args:
-        model: a transformers model (``AutoModelForCausalLM`` or an encoder such as ``BertModel``), or a peft
-            ``PeftModel`` (e.g. LoRA) to co-train with the interventions: its adapter stays trainable.
-        config: the interventions.
-        num_labels: give it to get a :class:`ReftModelForSequenceClassification` with a fresh head.
-        freeze_base: see :class:`ReftModel`. Default: True
-    """
-    config = copy.deepcopy(config)
-    if num_labels is not None:
-        return ReftModelForSequenceClassification(model, config, num_labels, freeze_base=freeze_base)
-    return ReftModel(model, config, freeze_base=freeze_base)
+_CLASSIFIER: list[type[ReftModel]] = []  # filled by reft.model.classification (a registry, not an import cycle)
