@@ -254,7 +254,7 @@ def test_adapters_load_and_unload_at_run_time(server, client, tmp_path):
     r = _post(server, "/v1/load_adapter", {"adapter_name": "gone", "adapter_path": str(tmp_path / "missing")})
     assert r.status_code == 404 and "no adapter folder" in r.json()["error"]["message"]
     r = _post(server, "/v1/load_adapter", {"adapter_name": "x+y", "adapter_path": str(path)})
-    assert r.status_code == 400 and "not valid" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "invalid adapter name" in r.json()["error"]["message"]
     r = _post(server, "/v1/load_adapter", {"adapter_name": "x"})
     assert r.status_code == 400 and "adapter_path" in r.json()["error"]["message"]
 

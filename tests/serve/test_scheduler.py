@@ -31,6 +31,11 @@ def ids(text: str) -> list[int]:
     return TOK(text)["input_ids"]
 
 
+def req(rid: str, adapter: str | None, prompt: str, params: SamplingParams, **kw) -> Request:
+    """A request for one adapter (``None``: the bare model), as the HTTP layer builds it after ``Engine.resolve``."""
+    return Request(rid, None if adapter is None else ((adapter, 1.0),), [ids(prompt)], params, **kw)
+
+
 async def collect(req: Request, until: int | None = None) -> tuple[list[str], list[str | None]]:
     """Texts and finish reasons of ``req`` (or return after ``until`` events of choice 0)."""
     texts, reasons = [""] * req.rows, [None] * req.rows
@@ -107,7 +112,7 @@ def test_mixed_adapters_in_one_batch_match_each_alone(adapters):
 
     async def main():
         sched.start()
-        reqs = [Request(f"r{i}", ad, [ids(p)], greedy(24)) for i, (ad, p) in enumerate(jobs)]
+        reqs = [req(f"r{i}", ad, p, greedy(24)) for i, (ad, p) in enumerate(jobs)]
         for r in reqs:
             sched.submit(r)
         for r in reqs:
@@ -134,11 +139,10 @@ def test_requests_join_the_running_batch(adapters):
 
     async def main():
         sched.start()
-        first = Request("first", "a", [ids(PROMPTS[1])], greedy(40))
+        first = req("first", "a", PROMPTS[1], greedy(40))
         sched.submit(first)
         await collect(first, until=5)
-        late = [Request("late-b", "b", [ids(PROMPTS[0])], greedy(10)), Request("late-base", None, [ids("ab")],
-                                                                                 greedy(10))]
+        late = [req("late-b", "b", PROMPTS[0], greedy(10)), req("late-base", None, "ab", greedy(10))]
         for r in late:
             sched.submit(r)
         await collect(late[0], until=1)
@@ -165,7 +169,7 @@ def test_seed_reproduces_and_n_gives_distinct_choices(adapters):
         sched.start()
         out = []
         for seed in (7, 7, 8):
-            r = Request(f"s{seed}", "a", [ids(PROMPTS[0])], SamplingParams(**{**params.__dict__, "seed": seed}))
+            r = req(f"s{seed}", "a", PROMPTS[0], SamplingParams(**{**params.__dict__, "seed": seed}))
             sched.submit(r)
             out.append(await collect(r))
         sched.stop(1)
@@ -182,7 +186,7 @@ def test_tiny_top_p_is_greedy(adapters):
 
     async def main():
         sched.start()
-        r = Request("p", "b", [ids(PROMPTS[3])], SamplingParams(max_tokens=12, temperature=1.5, top_p=1e-6))
+        r = req("p", "b", PROMPTS[3], SamplingParams(max_tokens=12, temperature=1.5, top_p=1e-6))
         sched.submit(r)
         await collect(r)
         sched.stop(1)
@@ -202,7 +206,7 @@ def test_stop_string_cuts_and_is_never_streamed(adapters):
 
     async def main():
         sched.start()
-        r = Request("stop", "c", [ids(PROMPTS[1])], greedy(30, stop=(stop, "never-there")))
+        r = req("stop", "c", PROMPTS[1], greedy(30, stop=(stop, "never-there")))
         sched.submit(r)
         pieces = []
         while not r.done:
@@ -221,7 +225,7 @@ def test_cancel_frees_the_slot_and_timeouts_fail_clearly(adapters):
 
     async def main():
         sched.start()
-        long = Request("long", "a", [ids(PROMPTS[0])], greedy(100_000))
+        long = req("long", "a", PROMPTS[0], greedy(100_000))
         sched.submit(long)
         await collect(long, until=3)
         long.cancel()
@@ -229,10 +233,10 @@ def test_cancel_frees_the_slot_and_timeouts_fail_clearly(adapters):
         while sched.running and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         freed = sched.running == 0
-        queued = Request("queued", None, [ids("ab")], greedy(4), timeout=1e-9)  # expired before it is admitted
+        queued = req("queued", None, "ab", greedy(4), timeout=1e-9)  # expired before it is admitted
         sched.submit(queued)
         queued_error = (await asyncio.wait_for(queued.events.get(), 30))[0].error
-        running = Request("running", None, [ids("ab")], greedy(100_000))
+        running = req("running", None, "ab", greedy(100_000))
         sched.submit(running)
         await collect(running, until=2)
         running.deadline = time.monotonic() - 1  # expires while it runs
@@ -253,17 +257,17 @@ def test_queue_bound_and_unloaded_adapter(adapters):
 
     async def main():
         sched.start()
-        running = Request("running", None, [ids("ab")], greedy(100_000))
+        running = req("running", None, "ab", greedy(100_000))
         sched.submit(running)
         await collect(running, until=1)
-        waiting = Request("waiting", None, [ids("ab")], greedy(2))
+        waiting = req("waiting", None, "ab", greedy(2))
         sched.submit(waiting)  # max_batch=1: it waits
         with pytest.raises(QueueFull, match="too many requests"):
-            sched.submit(Request("refused", None, [ids("ab")], greedy(2)))
+            sched.submit(req("refused", None, "ab", greedy(2)))
         running.cancel()
         await collect(waiting)
         await sched.call(lambda: engine.unload_adapter("c"))
-        stale = Request("stale", "c", [ids("ab")], greedy(2))  # accepted before the unload, admitted after
+        stale = req("stale", "c", "ab", greedy(2))  # accepted before the unload, admitted after
         sched.submit(stale)
         error = (await asyncio.wait_for(stale.events.get(), 30))[0].error
         sched.stop(1)
@@ -281,7 +285,7 @@ def test_baseline_policies_give_the_same_answers(adapters, policy):
 
     async def main():
         sched.start()
-        reqs = [Request(f"r{i}", ad, [ids(p)], greedy(12)) for i, (ad, p) in enumerate(jobs)]
+        reqs = [req(f"r{i}", ad, p, greedy(12)) for i, (ad, p) in enumerate(jobs)]
         for r in reqs:
             sched.submit(r)
         for r in reqs:
@@ -301,7 +305,7 @@ def test_stop_lets_running_requests_finish_then_cancels(adapters):
 
     async def main():
         sched.start()
-        short = Request("short", "a", [ids(PROMPTS[0])], greedy(20))
+        short = req("short", "a", PROMPTS[0], greedy(20))
         sched.submit(short)
         await collect(short, until=1)
         await asyncio.to_thread(sched.stop, 60)  # drains: the request finishes
@@ -314,7 +318,7 @@ def test_stop_lets_running_requests_finish_then_cancels(adapters):
 
     async def cancel():
         sched.start()
-        endless = Request("endless", "a", [ids(PROMPTS[0])], greedy(100_000))
+        endless = req("endless", "a", PROMPTS[0], greedy(100_000))
         sched.submit(endless)
         await collect(endless, until=1)
         await asyncio.to_thread(sched.stop, 0)  # no grace: cancelled with a clear error

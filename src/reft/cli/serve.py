@@ -93,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(model, tokenizer, model_id, aliases=(args.model,))
     for name, path in adapters:
         info = engine.load_adapter(name, path)
-        log.info("loaded adapter %s from %s (%s, layers %s, %d parameters) in %.2f s", name, path, info.positions,
-                 list(info.layers), info.parameters, info.load_seconds)
+        log.info("loaded adapter %s from %s (positions %s, %d parameters) in %.3f s", name, path, info.positions,
+                 info.parameters, info.load_seconds)
     scheduler = Scheduler(engine, max_batch=args.max_batch, max_queue=args.max_queue,
                           max_batch_tokens=args.max_batch_tokens, max_prefill_tokens=args.max_prefill_tokens,
                           policy=args.batching)

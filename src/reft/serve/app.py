@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..data import tokenize_prompt
-from .engine import BASE, AdapterConflict, Engine
+from .engine import AdapterConflict, Engine
 from .protocol import (
     MAX_STOP,
     ChatRequest,
@@ -186,8 +186,7 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
                     "root": engine.model_id, "parent": None, "context_length": engine.context_length}
         info = engine.adapters[name]
         return {"id": name, "object": "model", "created": info.created, "owned_by": "reft", "root": info.path,
-                "parent": engine.model_id, "reft": {"positions": info.positions, "layers": list(info.layers),
-                                                    "rank": info.rank, "intervention": info.intervention,
+                "parent": engine.model_id, "reft": {"positions": info.positions, "specs": list(info.specs),
                                                     "parameters": info.parameters}}
 
     @app.get("/v1/models")
@@ -245,14 +244,13 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
         return {"object": "adapter", "id": body.adapter_name, "unloaded": True}
 
     # ---- generation --------------------------------------------------------------------------------------------
-    def _resolve(spec: str) -> str | None:
+    def _resolve(spec: str):
         try:
-            name = engine.resolve(spec)
+            return engine.resolve(spec)
         except LookupError as e:
             raise ApiError(404, str(e.args[0]), param="model", code="model_not_found") from None
         except ValueError as e:
             raise ApiError(400, str(e), param="model", code="invalid_model") from None
-        return BASE if name is None else name
 
     def _params(body, prompts: list[list[int]], max_tokens: int | None, default: int) -> SamplingParams:
         for field_, bad in (("echo", body.__dict__.get("echo")), ("logprobs", body.__dict__.get("logprobs")),
@@ -332,12 +330,12 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
         params = _params(body, prompts, max_tokens, default_max_tokens)
         return await _generate(request, body, adapter, prompts, params, chat=True)
 
-    async def _generate(request: Request, body, adapter: str, prompts, params: SamplingParams, *, chat: bool):
+    async def _generate(request: Request, body, adapter, prompts, params: SamplingParams, *, chat: bool):
         rid = ("chatcmpl-" if chat else "cmpl-") + request.state.request_id
         fields = request.state.log
         fields |= {"model": body.model, "prompt_tokens": sum(map(len, prompts)), "n": params.n,
                    "stream": bool(body.stream)}
-        gen = GenRequest(rid, None if adapter == BASE else adapter, prompts, params, timeout=request_timeout)
+        gen = GenRequest(rid, adapter, prompts, params, timeout=request_timeout)
         try:
             scheduler.submit(gen)
         except QueueFull as e:

@@ -2,25 +2,20 @@
 
 The scheduler (:mod:`reft.serve.scheduler`) never touches the model or its cache except through :class:`Engine`:
 
-* :meth:`Engine.prefill`: one left-padded forward over the joining prompts, row ``i`` edited by its own adapter
-  (or none) at its own prompt positions; returns the last position's logits and the KV cache;
-* :meth:`Engine.decode`: one step of the bare base model over the running batch (the edits reach decoded tokens
-  through the cache, as in ``ReftModel.generate``);
+* :meth:`Engine.prefill`: one left-padded forward of the multi-adapter ``ReftModel`` over the joining prompts,
+  ``adapter_names=[...]``: row ``i`` is edited by its own adapter or composition (or none) at its own prompt
+  positions; returns the last position's logits and the KV cache;
+* :meth:`Engine.decode`: one step of the bare base model (``reft_model.model``, outside a ``ReftModel`` call the
+  hooks do nothing) over the running batch: the edits reach decoded tokens through the cache, as in
+  ``ReftModel.generate``;
 * :func:`cache_select`, :func:`cache_merge`, :func:`cache_trim`: drop rows, join two batches (left-padding the
   shorter along the sequence axis), drop leading columns that no row attends to.
-
-Interim implementation on the single-adapter API: each adapter is its own ``ReftModel`` on the shared base model
-(hooks of all of them stay attached; every call disables all but the one it runs), and prefill runs one forward per
-adapter present among the joining rows. When the multi-adapter core lands, :meth:`prefill` becomes a single
-``reft_model(..., adapter_names=...)`` call and compositions (``"a+b"``) become valid.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -29,11 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model.compose import BASE, Composition, check_adapter_name, parse_composition
 from ..model.reft_model import ReftModel
-from ..save_load import load_adapter
-
-BASE = "__base__"
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")
+from ..save_load import read_adapter
 
 
 class AdapterConflict(ValueError):
@@ -46,17 +39,14 @@ class AdapterInfo:
 
     name: str
     path: str
-    positions: str
-    layers: tuple[int, ...]
-    rank: int
-    intervention: str
+    specs: tuple[dict, ...]  # per representation spec: layers, component, positions, intervention, rank
     parameters: int
     created: int
     load_seconds: float
 
-
-def _cache_key(model: nn.Module) -> str:
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    @property
+    def positions(self) -> str:
+        return "; ".join(s["positions"] for s in self.specs)
 
 
 def _context_length(config) -> int | None:
@@ -67,24 +57,35 @@ def _context_length(config) -> int | None:
     return None
 
 
+def spec_key(composition: Composition | None) -> str:
+    """A canonical text for a composition (``"0.5*a+b"``; ``"__base__"`` for the bare model), for logs and grouping."""
+    if not composition:
+        return BASE
+    terms = []
+    for name, w in composition:
+        sign = "-" if w < 0 else ("+" if terms else "")
+        terms.append(f"{sign}{'' if abs(w) == 1 else f'{abs(w):g}*'}{name}")
+    return "".join(terms)
+
+
 class Engine:
     """A frozen causal LM with named ReFT adapters, called by one thread (the scheduler's) at a time.
 
     Args:
         model: a transformers causal LM (eval mode; its parameters are frozen here).
-        tokenizer: its tokenizer (used for the EOS ids only; the server tokenises).
+        tokenizer: its tokenizer (used for the EOS and pad ids; the server tokenises).
         model_id: the id under which the bare model is served (``GET /v1/models``).
         aliases: other ids accepted for the bare model (e.g. ``"smollm2"``).
     """
 
     def __init__(self, model: nn.Module, tokenizer, model_id: str, *, aliases: tuple[str, ...] = ()) -> None:
-        self.model = model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.reft_model = ReftModel(model.eval())  # no adapter yet: the bare model
+        self.reft_model.eval()
+        self.model = self.reft_model.model
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.base_ids = {model_id, BASE, *aliases}
-        self.cache_key = _cache_key(self.model)
+        self.cache_key = self.reft_model.cache_key
         self.context_length = _context_length(self.model.config)
         self.device = next(self.model.parameters()).device
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
@@ -94,9 +95,10 @@ class Engine:
         if tokenizer is not None and tokenizer.eos_token_id is not None:
             eos.append(tokenizer.eos_token_id)
         self.eos_token_ids = frozenset(eos)
-        self._adapters: dict[str, ReftModel] = {}
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_token_id = pad if pad is not None else 0
         self._info: dict[str, AdapterInfo] = {}
-        self._lock = threading.Lock()  # guards the adapter tables (read by HTTP handlers, written by the scheduler)
+        self._lock = threading.Lock()  # guards _info (read by HTTP handlers, written by the scheduler thread)
 
     # ---- adapters ----------------------------------------------------------------------------------------------
     @property
@@ -106,15 +108,14 @@ class Engine:
             return dict(self._info)
 
     def load_adapter(self, name: str, path: str | os.PathLike) -> AdapterInfo:
-        """Load the adapter folder ``path`` as ``name``.
+        """Load the adapter folder ``path`` as ``name`` (call on the scheduler thread, between steps).
 
         Raises:
-            ValueError: a bad or taken name, or an adapter that does not fit the base model.
+            AdapterConflict: the name is taken.
+            ValueError: a bad name, or an adapter that does not fit the base model.
             FileNotFoundError: no adapter at ``path``.
         """
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ValueError(f"adapter name {name!r} is not valid: use letters, digits, '_' and '.', starting with "
-                             "a letter or '_' (no '+', '-', '*' or spaces: those compose adapters in 'model')")
+        check_adapter_name(name)
         if name in self.base_ids:
             raise ValueError(f"adapter name {name!r} is the base model's id: choose another name")
         with self._lock:
@@ -126,19 +127,20 @@ class Engine:
             raise FileNotFoundError(f"no adapter folder at {path!r} (on the server's disk): give the folder that "
                                     "holds reft_config.json and reft_model.safetensors")
         t0 = time.perf_counter()
-        reft_model = load_adapter(self.model, path)  # checks the base model; raises ValueError on a mismatch
-        if getattr(reft_model, "head", None) is not None:
-            reft_model.unload()
+        _, _, metadata = read_adapter(path)
+        if "num_labels" in metadata:
             raise ValueError(f"{path} is a classification adapter (it has a head): only causal-LM adapters can "
                              "be served")
+        self.reft_model.load_adapter(path, adapter_name=name)  # checks the base model: ValueError on a mismatch
         seconds = time.perf_counter() - t0
-        cfg = reft_model.reft_config
-        info = AdapterInfo(name=name, path=os.path.abspath(path), positions=cfg.positions, layers=tuple(cfg.layers),
-                           rank=cfg.rank, intervention=cfg.intervention,
-                           parameters=sum(p.numel() for p in reft_model.interventions.parameters()),
-                           created=int(time.time()), load_seconds=seconds)
+        adapter = self.reft_model.adapters[name]
+        specs = tuple({"layers": list(s.layers), "component": s.component, "positions": s.positions,
+                       "intervention": s.intervention, "rank": s.rank, "tied": s.tied}
+                      for s in adapter.config.specs)
+        info = AdapterInfo(name=name, path=os.path.abspath(path), specs=specs,
+                           parameters=sum(p.numel() for p in adapter.parameters()), created=int(time.time()),
+                           load_seconds=seconds)
         with self._lock:
-            self._adapters[name] = reft_model
             self._info[name] = info
         return info
 
@@ -147,93 +149,70 @@ class Engine:
         with self._lock:
             if name not in self._info:
                 raise KeyError(self._unknown(name))
-            reft_model = self._adapters.pop(name)
             del self._info[name]
-        reft_model.unload()
+        self.reft_model.delete_adapter(name)
 
     def _unknown(self, name: str) -> str:
-        loaded = ", ".join(sorted(self._info)) or "none"
+        loaded = ", ".join(self._info) or "none"
         return (f"the model {name!r} does not exist: use the base model {self.model_id!r} or a loaded adapter "
-                f"(loaded: {loaded}); GET /v1/models lists them")
+                f"(loaded: {loaded}), or a composition of them such as 'a+b'; GET /v1/models lists them")
 
-    def resolve(self, spec: str | None) -> str | None:
-        """Validate a request's ``model`` and return the adapter key the batch uses (``None`` = the bare model).
+    def resolve(self, spec: str | None) -> Composition | None:
+        """Validate a request's ``model``: ``None`` for the bare model, else the composition the batch applies.
 
         Raises:
             LookupError: an unknown adapter (the message names it and what is loaded).
-            ValueError: a composition string that is not well formed, or not supported yet.
+            ValueError: a composition string that is not well formed.
         """
         if spec is None or spec in self.base_ids:
             return None
         if not isinstance(spec, str):
             raise ValueError(f"model must be a string, got {type(spec).__name__}")
-        spec = spec.strip()
-        if any(c in spec for c in "+*") or spec.startswith("-"):
-            raise ValueError(f"composition {spec!r} is not supported by this build: name one adapter")
+        try:
+            composition = parse_composition(spec)
+        except ValueError as e:
+            raise ValueError(f"'model' is neither the base model {self.model_id!r}, an adapter, nor a composition: "
+                             f"{e}") from None
         with self._lock:
-            if spec not in self._info:
-                raise LookupError(self._unknown(spec))
-        return spec
+            unknown = [n for n, _ in composition if n not in self._info]
+            if unknown:
+                raise LookupError(self._unknown(unknown[0]))
+        return composition or None
+
+    def unavailable(self, composition: Composition | None) -> str | None:
+        """The first adapter of ``composition`` that is no longer loaded (``None``: all are)."""
+        with self._lock:
+            return next((n for n, _ in composition or () if n not in self._info), None)
 
     # ---- model calls -------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _only(self, name: str | None):
-        """Inside: only adapter ``name``'s hooks act (``None``: none do)."""
-        with contextlib.ExitStack() as stack:
-            for other, reft_model in self._adapters.items():
-                if other != name:
-                    stack.enter_context(reft_model.disable_interventions())
-            yield
-
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                adapters: list[str | None]) -> tuple[torch.Tensor, object]:
-        """Run the prompts (left-padded ``[B, T]``) with row ``i`` edited by ``adapters[i]``.
+                adapters: list[Composition | None]) -> tuple[torch.Tensor, object]:
+        """Run the prompts (left-padded ``[B, T]``) with row ``i`` edited by ``adapters[i]`` (``None``: no edit).
 
         Returns ``(logits [B, V] at the last position (fp32), KV cache of batch B and length T)``.
 
         Raises:
             LookupError: an adapter was unloaded after the request was accepted.
         """
+        gone = next((n for n in map(self.unavailable, adapters) if n is not None), None)
+        if gone is not None:
+            raise LookupError(f"adapter {gone!r} was unloaded after the request was accepted")
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
-        groups: dict[str | None, list[int]] = {}
-        for i, name in enumerate(adapters):
-            groups.setdefault(name, []).append(i)
-        with self._lock:
-            missing = [n for n in groups if n is not None and n not in self._adapters]
-            runners = {n: (self._adapters[n] if n is not None else None) for n in groups if n not in missing}
-        if missing:
-            raise LookupError(f"adapter {missing[0]!r} was unloaded before this request ran")
         extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
-        parts = []
-        for name, rows in groups.items():
-            index = torch.tensor(rows, device=self.device)
-            ids, mask, pos = input_ids[index], attention_mask[index], position_ids[index]
-            with self._only(name):
-                runner = runners[name] if name is not None else self.model
-                out = runner(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **extra)
-            parts.append((index, out.logits[:, -1].float(), getattr(out, self.cache_key)))
-        if len(parts) == 1:
-            return parts[0][1], parts[0][2]
-        order = torch.cat([p[0] for p in parts])
-        logits = torch.cat([p[1] for p in parts])
-        cache = parts[0][2]
-        for _, _, other in parts[1:]:
-            cache_merge(cache, other)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=order.device)
-        cache_select(cache, inverse)
-        return logits[inverse], cache
+        names = [list(c) if c else None for c in adapters]
+        out = self.reft_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              adapter_names=names, use_cache=True, **extra)
+        return out.logits[:, -1].float(), getattr(out, self.cache_key)
 
     @torch.inference_mode()
     def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                cache) -> torch.Tensor:
         """One decode step of the bare model: ``input_ids [B, 1]``, ``attention_mask [B, T+1]``, ``position_ids
         [B, 1]``; appends to ``cache`` in place and returns the logits ``[B, V]`` (fp32)."""
-        with self._only(None):
-            out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                             position_ids=position_ids.to(self.device), use_cache=True, **{self.cache_key: cache})
+        out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                         position_ids=position_ids.to(self.device), use_cache=True, **{self.cache_key: cache})
         return out.logits[:, -1].float()
 
 

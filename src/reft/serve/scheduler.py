@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from ..model.compose import Composition
 from .engine import Engine, cache_merge, cache_select, cache_trim
 
 log = logging.getLogger("reft.serve")
@@ -128,12 +129,13 @@ class Sequence:
 
 
 class Request:
-    """A completion request: one or more prompts × ``n`` choices, all under one adapter.
+    """A completion request: one or more prompts × ``n`` choices, all under one adapter or composition
+    (``adapter``: from :meth:`Engine.resolve`; ``None`` = the bare model).
 
     Created on the event loop; the scheduler thread posts lists of :class:`Event` to :attr:`events` through the loop.
     """
 
-    def __init__(self, request_id: str, adapter: str | None, prompts: list[list[int]], params: SamplingParams,
+    def __init__(self, request_id: str, adapter: Composition | None, prompts: list[list[int]], params: SamplingParams,
                  *, timeout: float | None = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.id, self.adapter, self.prompts, self.params = request_id, adapter, prompts, params
         self.arrival = time.monotonic()
@@ -455,19 +457,18 @@ class Scheduler:
     def _prefill(self, key: object, reqs: list[Request]) -> None:
         live = []
         for req in reqs:
-            try:
-                if req.adapter is not None:
-                    self.engine.resolve(req.adapter)
+            gone = self.engine.unavailable(req.adapter)
+            if gone is None:
                 live.append(req)
-            except (LookupError, ValueError) as e:
-                req.fail(404, f"{e} (it was unloaded after the request was accepted)")
+            else:
+                req.fail(404, f"adapter {gone!r} was unloaded after this request was accepted: GET /v1/models "
+                              "lists what is loaded")
         reqs = live
         if not reqs:
             return
         prompts = [(req, p) for req in reqs for p in req.prompts]
         width = max(len(p) for _, p in prompts)
-        pad = self.engine.tokenizer.pad_token_id if self.engine.tokenizer is not None else 0
-        ids = torch.full((len(prompts), width), pad or 0, dtype=torch.long)
+        ids = torch.full((len(prompts), width), self.engine.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, (_, p) in enumerate(prompts):
             ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
