@@ -136,6 +136,21 @@ def reference(model, tokenizer, prompt_ids: list[int], max_tokens: int, adapter:
     return tokens, gaps
 
 
+def reference_composition(spec: str, adapters: dict[str, Path], prompt_ids: list[int], max_tokens: int):
+    """As :func:`reference`, for a composition (``"a+b"``) of named adapters, through ``ReftModel.generate``."""
+    from reft import ReftModel
+
+    runner = ReftModel(serve_model())
+    for name, path in adapters.items():
+        runner.load_adapter(path, adapter_name=name)
+    ids = torch.tensor([prompt_ids])
+    out = runner.generate(ids, attention_mask=torch.ones_like(ids), adapter_names=[spec], max_new_tokens=max_tokens,
+                          do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0,
+                          eos_token_id=1)
+    gaps = [float(s[0].topk(2).values[0] - s[0].topk(2).values[1]) for s in out.scores]
+    return out.sequences[0, ids.shape[1]:].tolist(), gaps
+
+
 def assert_same_greedy(got: list[int], want: list[int], gaps: list[float], tie: float = 1e-4) -> None:
     """Equal greedy tokens, except that they may part at a near-tie of the reference (rounding can flip it)."""
     for k, (a, b) in enumerate(zip(got, want)):

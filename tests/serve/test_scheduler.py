@@ -11,7 +11,15 @@ import time
 
 import pytest
 import torch
-from _serve_common import assert_same_greedy, build, char_tokenizer, make_adapter, reference, serve_model
+from _serve_common import (
+    assert_same_greedy,
+    build,
+    char_tokenizer,
+    make_adapter,
+    reference,
+    reference_composition,
+    serve_model,
+)
 
 from reft.serve.engine import cache_merge, cache_select, cache_trim
 from reft.serve.scheduler import QueueFull, Request, SamplingParams
@@ -105,14 +113,15 @@ def test_cache_surgery_matches_separate_rows():
 
 
 def test_mixed_adapters_in_one_batch_match_each_alone(adapters):
-    """Base + three adapters, submitted together, run as one batch; each row answers as its adapter does alone."""
+    """Base, three adapters and a composition, submitted together, run as one batch; each row answers as its adapter
+    does alone."""
     _, engine, sched = build(adapters)
     jobs = [(None, PROMPTS[0]), ("a", PROMPTS[0]), ("b", PROMPTS[0]), ("c", PROMPTS[1]), ("a", PROMPTS[2]),
-            (None, PROMPTS[3])]
+            (None, PROMPTS[3]), ("a-c", PROMPTS[0])]
 
     async def main():
         sched.start()
-        reqs = [req(f"r{i}", ad, p, greedy(24)) for i, (ad, p) in enumerate(jobs)]
+        reqs = [Request(f"r{i}", engine.resolve(ad), [ids(p)], greedy(24)) for i, (ad, p) in enumerate(jobs)]
         for r in reqs:
             sched.submit(r)
         for r in reqs:
@@ -121,11 +130,14 @@ def test_mixed_adapters_in_one_batch_match_each_alone(adapters):
         return reqs
 
     reqs = run(main())
-    assert sched.stats["max_adapters_in_step"] == 4  # base, a, b, c decoded together
+    assert sched.stats["max_adapters_in_step"] == 5  # base, a, b, c and a-c decoded together
     assert sched.stats["prefills"] == 1
     answers = set()
     for (ad, p), r in zip(jobs, reqs):
-        want, gaps = reference(serve_model(), TOK, ids(p), 24, adapters.get(ad))
+        if ad is not None and "-" in ad:
+            want, gaps = reference_composition(ad, adapters, ids(p), 24)
+        else:
+            want, gaps = reference(serve_model(), TOK, ids(p), 24, adapters.get(ad))
         assert_same_greedy(r.sequences[0].ids, want, gaps)
         answers.add((p, TOK.decode(want)))
     assert len(answers) == len(jobs)  # every adapter changes the answer (the test would be vacuous otherwise)
