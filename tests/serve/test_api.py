@@ -147,6 +147,14 @@ def test_n_seed_stop_and_prompt_lists(client):
     assert batch.choices[0].text == batch.choices[1].text == greedy[:len(batch.choices[0].text)]
 
 
+def test_ignore_eos_generates_max_tokens(client):
+    """vLLM's ``ignore_eos`` extension (the load test uses it so that every request costs the same)."""
+    for prompt in ("ab", PROMPT, "hello there"):
+        out = client.completions.create(model="a", prompt=prompt, max_tokens=40, temperature=0,
+                                        extra_body={"ignore_eos": True})
+        assert out.usage.completion_tokens == 40 and out.choices[0].finish_reason == "length"
+
+
 def _post(server, path: str, body, headers: dict | None = None) -> httpx2.Response:
     content = body if isinstance(body, (str, bytes)) else json.dumps(body)
     return httpx2.post(server.url + path, content=content, timeout=30,

@@ -282,7 +282,7 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
         temperature = 1.0 if body.temperature is None else body.temperature
         return SamplingParams(max_tokens=max_tokens, temperature=temperature,
                               top_p=1.0 if body.top_p is None else body.top_p, stop=tuple(stop), seed=body.seed,
-                              n=body.n or 1)
+                              n=body.n or 1, ignore_eos=body.ignore_eos)
 
     def _tokenize(text: str, param: str) -> list[int]:
         try:

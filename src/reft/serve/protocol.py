@@ -32,6 +32,7 @@ class _Sampling(BaseModel):
     user: str | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    ignore_eos: bool = False  # vLLM's extension (benchmarks): generate max_tokens tokens whatever they are
 
 
 class CompletionRequest(_Sampling):

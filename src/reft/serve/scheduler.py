@@ -61,6 +61,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     n: int = 1
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -101,7 +102,7 @@ class Sequence:
         """Take one sampled token; return the text that can be shown now (and the finish reason, if it ended)."""
         p = self.request.params
         self.ids.append(token)
-        if token in engine.eos_token_ids:
+        if token in engine.eos_token_ids and not p.ignore_eos:
             self.finish_reason = "stop"
             return self._flush()
         self.text += self._delta(engine.tokenizer)

@@ -1,0 +1,331 @@
+"""Load test of ``reft serve`` on loopback: N concurrent streaming clients, requests spread over 8 adapters + base.
+
+    .venv/bin/python benchmarks/serve_load.py [--clients 1,4,16,64] [--out benchmarks/results/serve_load.json]
+
+SmolLM2-135M-Instruct fp32 on CPU; chat prompts of ~40 tokens (the demo's extraction task, through the chat template);
+32 new tokens each (greedy, ``ignore_eos`` so that every request costs the same). Four servers run side by side
+(``reft serve`` subprocesses on 127.0.0.1, each with the same 8 adapters of the demo's shape, random weights); only
+one is under load at a time, and the order of the modes rotates from one client count to the next, so that drift of
+the machine hits all alike:
+
+* ``mixed``: the server as shipped: requests for any adapter share one running batch;
+* ``bare``: the same requests, all on the base model (the cost ``mixed`` must match: target ÷ ≥ 0.95);
+* ``grouped``: ``--batching grouped``: one adapter's requests at a time, swapped when the batch drains (target:
+  mixed ≥ 3× this at 16+ clients);
+* ``subbatch``: ``--batching subbatch``: peft-style, every step runs one forward per adapter present.
+
+Each client sends its next request as soon as the previous one is answered (closed loop); a run is bounded in
+requests and time. Throughput = completion tokens ÷ the run's wall time; time to first token (TTFT) = first streamed
+token; latency = last chunk. Then, on the ``mixed`` server: ``--resident`` more adapters are loaded at run time
+(``POST /v1/load_adapter``; time per load, memory per adapter from the server's RSS) and the 16-client run is
+repeated with requests spread over 64 of them. Writes JSON (per-request records included) and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "examples"))
+
+ADAPTERS = 8
+CONFIG = dict(layers="3;9;15;21", positions="f7+l7", rank=4)  # the demo's adapter shape
+MODES = ("mixed", "bare", "grouped", "subbatch")
+BATCHING = {"mixed": "mixed", "bare": "mixed", "grouped": "grouped", "subbatch": "subbatch"}
+REQUESTS = {1: 9, 4: 18, 16: 48, 64: 128}  # per run (a multiple of the 9 models where it can be)
+
+
+def make_adapters(root: Path, count: int) -> list[Path]:
+    """``count`` LoReFT adapters of the demo's shape for SmolLM2 (random weights: serving cost does not depend on
+    them), saved under ``root``."""
+    import torch
+
+    from reft import ReftConfig, get_reft_model
+    from reft.harness.models import load_model
+
+    model, _ = load_model("smollm2")
+    reft_model = get_reft_model(model, None)
+    torch.manual_seed(0)
+    paths = []
+    for i in range(count):
+        reft_model.add_adapter(f"a{i}", ReftConfig(**CONFIG))
+        for p in reft_model.adapters[f"a{i}"].parameters():
+            torch.nn.init.normal_(p, std=0.02)
+        reft_model.save_pretrained(root, selected_adapters=[f"a{i}"])  # → root/a{i} (peft's layout)
+        paths.append(root / f"a{i}")
+    return paths
+
+
+def prompts(count: int) -> list[str]:
+    from extraction_task import make_task
+
+    _, heldout = make_task(seed=0, n_train=8, n_heldout=count)
+    return [ex["prompt"] for ex in heldout]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A ``reft serve`` subprocess on a free loopback port."""
+
+    def __init__(self, mode: str, adapters: list[Path], threads: int, log_dir: Path) -> None:
+        self.mode, self.port = mode, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "reft.cli.main", "serve", "--port", str(self.port), "--threads", str(threads),
+               "--batching", BATCHING[mode], "--max-batch", "64", "--max-queue", "512", "--log-level", "warning"]
+        for i, path in enumerate(adapters):
+            cmd += ["--adapter", f"a{i}={path}"]
+        env = os.environ | {"PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.log = open(log_dir / f"server-{mode}.log", "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def wait(self, limit: float = 300) -> None:
+        import httpx2
+
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server {self.mode} exited ({self.proc.returncode}); see {self.log.name}")
+            try:
+                if httpx2.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx2.TransportError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"server {self.mode} did not start")
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in [0, 100]); with few samples p99 is the largest."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+async def load(url: str, models: list[str], texts: list[str], clients: int, total: int, new_tokens: int,
+               limit_s: float) -> dict:
+    """``clients`` closed-loop streaming clients send ``total`` requests (request i: ``models[i % len]``)."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=900)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(total):
+        queue.put_nowait(i)
+    records: list[dict] = []
+    t_start = time.perf_counter()
+
+    async def one(i: int) -> dict:
+        model = models[i % len(models)]
+        sent = time.perf_counter()
+        first = None
+        tokens = 0
+        try:
+            stream = await client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": texts[i % len(texts)]}], max_tokens=new_tokens,
+                temperature=0, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    tokens = chunk.usage.completion_tokens
+                if first is None and chunk.choices and (chunk.choices[0].delta.content or
+                                                        chunk.choices[0].finish_reason):
+                    first = time.perf_counter()
+            end = time.perf_counter()
+            ok = tokens == new_tokens
+            error = None if ok else f"{tokens} tokens"
+        except Exception as e:  # counted as failed, reported
+            end, ok, error = time.perf_counter(), False, f"{type(e).__name__}: {e}"
+        return {"i": i, "model": model, "ok": ok, "error": error, "tokens": tokens, "sent": sent - t_start,
+                "ttft": (first or end) - sent, "latency": end - sent}
+
+    async def worker():
+        while time.perf_counter() - t_start < limit_s:
+            try:
+                i = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            records.append(await one(i))
+
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    wall = time.perf_counter() - t_start
+    await client.close()
+    good = [r for r in records if r["ok"]]
+    return {
+        "clients": clients, "requests": len(records), "failed": len(records) - len(good), "wall_s": wall,
+        "tokens": sum(r["tokens"] for r in good), "throughput_tok_s": sum(r["tokens"] for r in good) / wall,
+        "ttft_p50_s": percentile([r["ttft"] for r in good], 50) if good else None,
+        "ttft_p99_s": percentile([r["ttft"] for r in good], 99) if good else None,
+        "latency_p50_s": percentile([r["latency"] for r in good], 50) if good else None,
+        "latency_p99_s": percentile([r["latency"] for r in good], 99) if good else None,
+        "errors": sorted({r["error"] for r in records if r["error"]})[:5], "records": records,
+    }
+
+
+def resident_phase(server: Server, adapters: list[Path], count: int, texts: list[str], new_tokens: int,
+                   limit_s: float) -> dict:
+    """Load ``count`` more adapters at run time; per-load time, memory per adapter; then a 16-client run over 64."""
+    import httpx2
+
+    rss0 = server.rss_mib()
+    times = []
+    with httpx2.Client(timeout=60) as http:
+        for k in range(count):
+            t0 = time.perf_counter()
+            r = http.post(server.url + "/v1/load_adapter",
+                          json={"adapter_name": f"r{k}", "adapter_path": str(adapters[k % len(adapters)])})
+            times.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                raise RuntimeError(f"load_adapter r{k}: {r.status_code} {r.text}")
+        server_side = [m.get("reft", {}).get("parameters") for m in http.get(server.url + "/v1/models").json()["data"]]
+    rss1 = server.rss_mib()
+    per_adapter_mib = (rss1 - rss0) / count
+    models = [f"r{k}" for k in range(0, count, max(1, count // 64))][:64] + ["__base__"]
+    run = asyncio.run(load(server.url, models, texts, 16, 3 * len(models), new_tokens, limit_s))
+    total_gib = 24.0
+    return {
+        "loaded": count, "load_s_p50": statistics.median(times), "load_s_p99": percentile(times, 99),
+        "load_s_mean": statistics.fmean(times), "rss_before_mib": rss0, "rss_after_mib": rss1,
+        "per_adapter_kib": 1024 * per_adapter_mib, "adapter_parameters": server_side[1],
+        "fit_in_24_gib": int((total_gib * 1024 - rss1) / per_adapter_mib) + count if per_adapter_mib > 0 else None,
+        "run_16_clients_over_64_adapters": {k: v for k, v in run.items() if k != "records"},
+    }
+
+
+def table(result: dict) -> str:
+    rows = ["| clients | mode | requests | failed | tok/s | TTFT p50 / p99 (s) | latency p50 / p99 (s) |",
+            "|---|---|---|---|---|---|---|"]
+    for run in result["runs"]:
+        rows.append(f"| {run['clients']} | {run['mode']} | {run['requests']} | {run['failed']} | "
+                    f"{run['throughput_tok_s']:.1f} | {run['ttft_p50_s']:.2f} / {run['ttft_p99_s']:.2f} | "
+                    f"{run['latency_p50_s']:.2f} / {run['latency_p99_s']:.2f} |")
+    rows += ["", "| clients | mixed ÷ bare (≥ 0.95) | mixed ÷ grouped (≥ 3 at 16+) | mixed ÷ subbatch |",
+             "|---|---|---|---|"]
+    for n, r in result["ratios"].items():
+        rows.append(f"| {n} | {r['mixed / bare']:.3f} | {r['mixed / grouped']:.2f} | {r['mixed / subbatch']:.2f} |")
+    res = result.get("resident")
+    if res:
+        run = res["run_16_clients_over_64_adapters"]
+        rows += ["", f"Resident: {res['loaded']} adapters loaded at run time, {res['load_s_p50'] * 1000:.1f} ms per "
+                     f"load (p50; p99 {res['load_s_p99'] * 1000:.1f} ms), {res['per_adapter_kib']:.0f} KiB of server "
+                     f"memory each → about {res['fit_in_24_gib']:,} fit in 24 GiB; 16 clients over 64 of them: "
+                     f"{run['throughput_tok_s']:.1f} tok/s, {run['failed']} failed."]
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", default="1,4,16,64")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of each server (default: %(default)s)")
+    ap.add_argument("--run-limit", type=float, default=150.0, help="seconds one run may issue requests for")
+    ap.add_argument("--resident", type=int, default=1000, help="adapters to load at run time (0: skip)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load.json"))
+    args = ap.parse_args()
+    clients = [int(x) for x in args.clients.split(",")]
+    modes = args.modes.split(",")
+    t0 = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="reft-serve-load-"))
+    adapters = make_adapters(work, ADAPTERS)
+    texts = prompts(64)
+    from transformers import AutoTokenizer
+
+    from reft.harness.models import smollm2_path
+
+    tok = AutoTokenizer.from_pretrained(smollm2_path())
+    lengths = [len(tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True))
+               for t in texts]
+    servers = {m: Server(m, adapters, args.threads, work) for m in modes}
+    runs = []
+    try:
+        for s in servers.values():
+            s.wait()
+        mixed_models = [f"a{i}" for i in range(ADAPTERS)] + ["__base__"]
+        for s in servers.values():  # warm-up: one request per model
+            asyncio.run(load(s.url, mixed_models, texts, 3, 9, 4, 120))
+        for k, n in enumerate(clients):
+            order = modes[k % len(modes):] + modes[:k % len(modes)]
+            for mode in order:
+                models = ["__base__"] if mode == "bare" else mixed_models
+                run = asyncio.run(load(servers[mode].url, models, texts, n, REQUESTS.get(n, 2 * n), args.new_tokens,
+                                       args.run_limit))
+                run["mode"] = mode
+                runs.append(run)
+                print(f"{n:>3} clients {mode:<9} {run['requests']:>4} req {run['failed']} failed "
+                      f"{run['throughput_tok_s']:7.1f} tok/s  TTFT p50 {run['ttft_p50_s']:.2f}s  "
+                      f"latency p50 {run['latency_p50_s']:.2f}s p99 {run['latency_p99_s']:.2f}s  "
+                      f"({time.perf_counter() - t0:.0f}s)", flush=True)
+        resident = None
+        if args.resident and "mixed" in servers:
+            resident = resident_phase(servers["mixed"], adapters, args.resident, texts, args.new_tokens,
+                                      args.run_limit)
+            print(json.dumps({k: v for k, v in resident.items()}, indent=1), flush=True)
+    finally:
+        for s in servers.values():
+            s.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    by = {(r["clients"], r["mode"]): r for r in runs}
+    ratios = {}
+    for n in clients:
+        tps = {m: by.get((n, m), {}).get("throughput_tok_s") or float("nan") for m in MODES}
+        ratios[str(n)] = {"mixed / bare": tps["mixed"] / tps["bare"], "mixed / grouped": tps["mixed"] / tps["grouped"],
+                          "mixed / subbatch": tps["mixed"] / tps["subbatch"]}
+    import openai
+    import torch
+    import transformers
+
+    result = {
+        "model": "SmolLM2-135M-Instruct fp32 (CPU)", "threads_per_server": args.threads, "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(), "adapters": ADAPTERS, "adapter_config": CONFIG,
+        "prompt_tokens_mean": statistics.fmean(lengths), "prompt_tokens_range": [min(lengths), max(lengths)],
+        "new_tokens": args.new_tokens, "requests_per_run": {str(n): REQUESTS.get(n, 2 * n) for n in clients},
+        "run_limit_s": args.run_limit, "failed_total": sum(r["failed"] for r in runs),
+        "ratios": ratios, "resident": resident, "wall_s": time.perf_counter() - t0,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "openai": openai.__version__, "python": platform.python_version()},
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "runs": runs,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(table(result) + "\n")
+    print(table(result))
+    print(f"wrote {out} and {out.with_suffix('.md')} ({result['wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
