@@ -253,11 +253,10 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
             raise ApiError(400, str(e), param="model", code="invalid_model") from None
 
     def _params(body, prompts: list[list[int]], max_tokens: int | None, default: int) -> SamplingParams:
-        for field_, bad in (("echo", body.__dict__.get("echo")), ("logprobs", body.__dict__.get("logprobs")),
-                            ("suffix", body.__dict__.get("suffix")), ("tools", body.__dict__.get("tools"))):
-            if bad:
+        for field_ in ("echo", "logprobs", "suffix", "tools"):
+            if getattr(body, field_, None):
                 raise ApiError(400, f"'{field_}' is not supported by reft serve: leave it out", param=field_)
-        best_of = body.__dict__.get("best_of")
+        best_of = getattr(body, "best_of", None)
         if best_of not in (None, 1) and best_of != body.n:
             raise ApiError(400, "'best_of' is not supported by reft serve: use 'n'", param="best_of")
         for field_ in ("presence_penalty", "frequency_penalty"):

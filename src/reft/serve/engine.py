@@ -190,7 +190,8 @@ class Engine:
                 adapters: list[Composition | None]) -> tuple[torch.Tensor, object]:
         """Run the prompts (left-padded ``[B, T]``) with row ``i`` edited by ``adapters[i]`` (``None``: no edit).
 
-        Returns ``(logits [B, V] at the last position (fp32), KV cache of batch B and length T)``.
+        Returns ``(logits [B, V] at the last position (fp32, on the CPU, where sampling runs), KV cache of batch B
+        and length T)``.
 
         Raises:
             LookupError: an adapter was unloaded after the request was accepted.
@@ -204,16 +205,16 @@ class Engine:
         names = [list(c) if c else None for c in adapters]
         out = self.reft_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                               adapter_names=names, use_cache=True, **extra)
-        return out.logits[:, -1].float(), getattr(out, self.cache_key)
+        return out.logits[:, -1].float().cpu(), getattr(out, self.cache_key)
 
     @torch.inference_mode()
     def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                cache) -> torch.Tensor:
         """One decode step of the bare model: ``input_ids [B, 1]``, ``attention_mask [B, T+1]``, ``position_ids
-        [B, 1]``; appends to ``cache`` in place and returns the logits ``[B, V]`` (fp32)."""
+        [B, 1]``; appends to ``cache`` in place and returns the logits ``[B, V]`` (fp32, on the CPU)."""
         out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
                          position_ids=position_ids.to(self.device), use_cache=True, **{self.cache_key: cache})
-        return out.logits[:, -1].float()
+        return out.logits[:, -1].float().cpu()
 
 
 # ---- KV cache surgery ---------------------------------------------------------------------------------------------
