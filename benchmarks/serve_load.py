@@ -112,6 +112,12 @@ class Server:
             time.sleep(0.5)
         raise RuntimeError(f"server {self.mode} did not start")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mib(self) -> float:
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
@@ -137,38 +143,52 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def load(url: str, models: list[str], texts: list[str], clients: int, total: int, new_tokens: int,
-               limit_s: float) -> dict:
-    """``clients`` closed-loop streaming clients send ``total`` requests (request i: ``models[i % len]``)."""
-    import openai
+               limit_s: float, server: Server | None = None) -> dict:
+    """``clients`` closed-loop streaming clients send ``total`` requests (request i: ``models[i % len]``).
 
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=900)
+    The client is httpx2 (the transport of the openai client) with a hand-rolled SSE reader: light, so that the load
+    generator, which shares the CPUs with the server, takes as little of them as it can.
+    """
+    import httpx2
+
+    limits = httpx2.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    http = httpx2.AsyncClient(base_url=url, timeout=900, limits=limits)
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(total):
         queue.put_nowait(i)
     records: list[dict] = []
+    cpu0 = server.cpu_seconds() if server else None
     t_start = time.perf_counter()
 
     async def one(i: int) -> dict:
         model = models[i % len(models)]
+        body = {"model": model, "messages": [{"role": "user", "content": texts[i % len(texts)]}],
+                "max_tokens": new_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True},
+                "ignore_eos": True}
         sent = time.perf_counter()
-        first = None
-        tokens = 0
+        first, tokens, error = None, 0, None
         try:
-            stream = await client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": texts[i % len(texts)]}], max_tokens=new_tokens,
-                temperature=0, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    tokens = chunk.usage.completion_tokens
-                if first is None and chunk.choices and (chunk.choices[0].delta.content or
-                                                        chunk.choices[0].finish_reason):
-                    first = time.perf_counter()
-            end = time.perf_counter()
-            ok = tokens == new_tokens
-            error = None if ok else f"{tokens} tokens"
+            async with http.stream("POST", "/v1/chat/completions", json=body) as r:
+                if r.status_code != 200:
+                    raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if "error" in chunk:
+                        raise RuntimeError(chunk["error"]["message"])
+                    if chunk.get("usage"):
+                        tokens = chunk["usage"]["completion_tokens"]
+                    choices = chunk.get("choices") or []
+                    if first is None and choices and (choices[0]["delta"].get("content") or
+                                                      choices[0].get("finish_reason")):
+                        first = time.perf_counter()
+            if tokens != new_tokens:
+                error = f"{tokens} tokens"
         except Exception as e:  # counted as failed, reported
-            end, ok, error = time.perf_counter(), False, f"{type(e).__name__}: {e}"
-        return {"i": i, "model": model, "ok": ok, "error": error, "tokens": tokens, "sent": sent - t_start,
+            error = f"{type(e).__name__}: {e}"
+        end = time.perf_counter()
+        return {"i": i, "model": model, "ok": error is None, "error": error, "tokens": tokens, "sent": sent - t_start,
                 "ttft": (first or end) - sent, "latency": end - sent}
 
     async def worker():
@@ -181,11 +201,14 @@ async def load(url: str, models: list[str], texts: list[str], clients: int, tota
 
     await asyncio.gather(*(worker() for _ in range(clients)))
     wall = time.perf_counter() - t_start
-    await client.close()
+    cpu = server.cpu_seconds() - cpu0 if server else None
+    await http.aclose()
     good = [r for r in records if r["ok"]]
     return {
         "clients": clients, "requests": len(records), "failed": len(records) - len(good), "wall_s": wall,
         "tokens": sum(r["tokens"] for r in good), "throughput_tok_s": sum(r["tokens"] for r in good) / wall,
+        # the server's CPU seconds per wall second: near --threads when nothing else competed for the CPUs
+        "server_cpu_per_s": cpu / wall if cpu is not None else None,
         "ttft_p50_s": percentile([r["ttft"] for r in good], 50) if good else None,
         "ttft_p99_s": percentile([r["ttft"] for r in good], 99) if good else None,
         "latency_p50_s": percentile([r["latency"] for r in good], 50) if good else None,
@@ -213,7 +236,7 @@ def resident_phase(server: Server, adapters: list[Path], count: int, texts: list
     rss1 = server.rss_mib()
     per_adapter_mib = (rss1 - rss0) / count
     models = [f"r{k}" for k in range(0, count, max(1, count // 64))][:64] + ["__base__"]
-    run = asyncio.run(load(server.url, models, texts, 16, 3 * len(models), new_tokens, limit_s))
+    run = asyncio.run(load(server.url, models, texts, 16, 3 * len(models), new_tokens, limit_s, server))
     total_gib = 24.0
     return {
         "loaded": count, "load_s_p50": statistics.median(times), "load_s_p99": percentile(times, 99),
@@ -225,12 +248,13 @@ def resident_phase(server: Server, adapters: list[Path], count: int, texts: list
 
 
 def table(result: dict) -> str:
-    rows = ["| clients | mode | requests | failed | tok/s | TTFT p50 / p99 (s) | latency p50 / p99 (s) |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| clients | mode | requests | failed | tok/s | TTFT p50 / p99 (s) | latency p50 / p99 (s) | server CPU/s "
+            "|",
+            "|---|---|---|---|---|---|---|---|"]
     for run in result["runs"]:
         rows.append(f"| {run['clients']} | {run['mode']} | {run['requests']} | {run['failed']} | "
                     f"{run['throughput_tok_s']:.1f} | {run['ttft_p50_s']:.2f} / {run['ttft_p99_s']:.2f} | "
-                    f"{run['latency_p50_s']:.2f} / {run['latency_p99_s']:.2f} |")
+                    f"{run['latency_p50_s']:.2f} / {run['latency_p99_s']:.2f} | {run['server_cpu_per_s']:.2f} |")
     rows += ["", "| clients | mixed ÷ bare (≥ 0.95) | mixed ÷ grouped (≥ 3 at 16+) | mixed ÷ subbatch |",
              "|---|---|---|---|"]
     for n, r in result["ratios"].items():
@@ -286,13 +310,13 @@ def main() -> None:
             for mode in order:
                 models = ["__base__"] if mode == "bare" else mixed_models
                 run = asyncio.run(load(servers[mode].url, models, texts, n, REQUESTS.get(n, 2 * n), args.new_tokens,
-                                       args.run_limit))
+                                       args.run_limit, servers[mode]))
                 run["mode"] = mode
                 runs.append(run)
                 print(f"{n:>3} clients {mode:<9} {run['requests']:>4} req {run['failed']} failed "
                       f"{run['throughput_tok_s']:7.1f} tok/s  TTFT p50 {run['ttft_p50_s']:.2f}s  "
                       f"latency p50 {run['latency_p50_s']:.2f}s p99 {run['latency_p99_s']:.2f}s  "
-                      f"({time.perf_counter() - t0:.0f}s)", flush=True)
+                      f"server CPU {run['server_cpu_per_s']:.2f}/s  ({time.perf_counter() - t0:.0f}s)", flush=True)
         resident = None
         if args.resident and "mixed" in servers:
             resident = resident_phase(servers["mixed"], adapters, args.resident, texts, args.new_tokens,
@@ -310,7 +334,7 @@ def main() -> None:
             tps[m] = sum(r["tokens"] for r in same) / sum(r["wall_s"] for r in same) if same else float("nan")
         ratios[str(n)] = {"mixed / bare": tps["mixed"] / tps["bare"], "mixed / grouped": tps["mixed"] / tps["grouped"],
                           "mixed / subbatch": tps["mixed"] / tps["subbatch"], "tokens_per_s": tps}
-    import openai
+    import httpx2
     import torch
     import transformers
 
@@ -322,7 +346,7 @@ def main() -> None:
         "run_limit_s": args.run_limit, "failed_total": sum(r["failed"] for r in runs),
         "ratios": ratios, "resident": resident, "wall_s": time.perf_counter() - t0,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "openai": openai.__version__, "python": platform.python_version()},
+                     "httpx2": httpx2.__version__, "python": platform.python_version()},
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "runs": runs,
     }

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from transformers.cache_utils import DynamicLayer
 
 from ..model.compose import BASE, Composition, check_adapter_name, parse_composition
 from ..model.reft_model import ReftModel
@@ -205,7 +205,7 @@ class Engine:
         names = [list(c) if c else None for c in adapters]
         out = self.reft_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                               adapter_names=names, use_cache=True, **extra)
-        return out.logits[:, -1].float().cpu(), getattr(out, self.cache_key)
+        return out.logits[:, -1].float().cpu(), adopt(getattr(out, self.cache_key))
 
     @torch.inference_mode()
     def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
@@ -218,15 +218,82 @@ class Engine:
 
 
 # ---- KV cache surgery ---------------------------------------------------------------------------------------------
+class GrowingLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values live in buffers with spare columns.
+
+    A decode step writes its token into the next free column instead of ``torch.cat``-ing the whole history (which
+    copies every row's cache once per step); when the spare columns run out the buffer doubles. ``keys`` / ``values``
+    are views of the filled part, so attention and ``get_seq_length`` see a plain layer. Padding columns made by
+    :func:`cache_merge` are zeros (masked out, and finite, so that masked attention weights × values stay 0).
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, spare: int = 64) -> None:
+        super().__init__()
+        self.device, self.is_initialized = keys.device, True
+        self._fill(keys, values, spare)
+
+    def _fill(self, keys: torch.Tensor, values: torch.Tensor, spare: int) -> None:
+        b, h, t, d = keys.shape
+        self._k = keys.new_empty(b, h, t + spare, d)
+        self._v = values.new_empty(b, values.shape[1], t + spare, values.shape[-1])
+        self._k[:, :, :t], self._v[:, :, :t] = keys, values
+        self._set_length(t)
+
+    def _set_length(self, length: int) -> None:
+        self._len = length
+        self.keys, self.values = self._k[:, :, :length], self._v[:, :, :length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        n = key_states.shape[-2]
+        if self._len + n > self._k.shape[-2]:
+            self._fill(self.keys, self.values, max(64, self._len + n))
+        self._k[:, :, self._len:self._len + n] = key_states
+        self._v[:, :, self._len:self._len + n] = value_states
+        self._set_length(self._len + n)
+        return self.keys, self.values
+
+    def select(self, index: torch.Tensor) -> None:
+        self._k, self._v = self._k.index_select(0, index), self._v.index_select(0, index)
+        self._set_length(self._len)
+
+    def trim(self, columns: int) -> None:
+        self._k, self._v = self._k[:, :, columns:], self._v[:, :, columns:]
+        self._set_length(self._len - columns)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.select(indices)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.select(torch.arange(self._k.shape[0], device=self._k.device).repeat_interleave(repeats))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.select(beam_idx.to(self._k.device))
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove < 0:
+            self._set_length(self._len + tokens_to_remove)
+        elif tokens_to_remove > 0:
+            raise ValueError("crop takes a negative count (tokens to remove from the end)")
+
+
 def _layers(cache) -> list:
     layers = getattr(cache, "layers", None)
     if layers is None:
         raise TypeError(f"cannot batch a {type(cache).__name__}: the server needs a transformers DynamicCache")
     for layer in layers:
-        if type(layer).__name__ != "DynamicLayer":
+        if type(layer) not in (DynamicLayer, GrowingLayer):
             raise TypeError(f"cannot batch a cache with {type(layer).__name__} layers (sliding-window or "
                             "quantised): the server supports full-attention models (Llama, Qwen2, GPT-2, …)")
     return layers
+
+
+def adopt(cache) -> object:
+    """Give every layer of a freshly prefilled ``DynamicCache`` spare columns (:class:`GrowingLayer`), in place."""
+    layers = _layers(cache)
+    for i, layer in enumerate(layers):
+        if type(layer) is DynamicLayer and layer.is_initialized:
+            layers[i] = GrowingLayer(layer.keys, layer.values)
+    return cache
 
 
 def cache_length(cache) -> int:
@@ -236,29 +303,29 @@ def cache_length(cache) -> int:
 
 def cache_select(cache, index: torch.Tensor) -> None:
     """Keep (or reorder, or repeat) rows ``index`` of ``cache``, in place."""
-    for layer in _layers(cache):
-        if layer.is_initialized:
-            layer.keys = layer.keys.index_select(0, index.to(layer.keys.device))
-            layer.values = layer.values.index_select(0, index.to(layer.values.device))
-
-
-def _left_pad(x: torch.Tensor, width: int) -> torch.Tensor:
-    return x if x.shape[-2] == width else F.pad(x, (0, 0, width - x.shape[-2], 0))
+    for layer in adopt(cache).layers:
+        layer.select(index.to(layer.keys.device))
 
 
 def cache_merge(cache, other) -> None:
-    """Append ``other``'s rows to ``cache`` in place, left-padding the shorter of the two along the sequence axis."""
+    """Append ``other``'s rows to ``cache`` in place, left-padding the shorter of the two along the sequence axis
+    (with zeros, which the attention mask hides)."""
     width = max(cache_length(cache), cache_length(other))
-    for a, b in zip(_layers(cache), _layers(other), strict=True):
-        a.keys = torch.cat([_left_pad(a.keys, width), _left_pad(b.keys, width)])
-        a.values = torch.cat([_left_pad(a.values, width), _left_pad(b.values, width)])
+    for a, b in zip(adopt(cache).layers, adopt(other).layers, strict=True):
+        rows = a.keys.shape[0] + b.keys.shape[0]
+        spare = max(a._k.shape[-2] - a._len, 64)
+        keys = a.keys.new_zeros(rows, a.keys.shape[1], width + spare, a.keys.shape[-1])
+        values = a.values.new_zeros(rows, a.values.shape[1], width + spare, a.values.shape[-1])
+        for buf, x, y in ((keys, a.keys, b.keys), (values, a.values, b.values)):
+            buf[:x.shape[0], :, width - x.shape[-2]:width] = x
+            buf[x.shape[0]:, :, width - y.shape[-2]:width] = y
+        a._k, a._v = keys, values
+        a._set_length(width)
 
 
 def cache_trim(cache, columns: int) -> None:
     """Drop the first ``columns`` columns (padding that no row attends to any more), in place."""
     if columns <= 0:
         return
-    for layer in _layers(cache):
-        if layer.is_initialized:
-            layer.keys = layer.keys[:, :, columns:]
-            layer.values = layer.values[:, :, columns:]
+    for layer in adopt(cache).layers:
+        layer.trim(columns)

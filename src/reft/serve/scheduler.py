@@ -146,6 +146,7 @@ class Request:
         self.cancelled = False  # set by the HTTP side (client gone); the scheduler drops the rows
         self.sequences = [Sequence(self, i * params.n + j, prompt) for i, prompt in enumerate(prompts)
                           for j in range(params.n)]
+        self.queued_step = 0  # the scheduler's step count when it took the request in
         self.prefill_time: float | None = None
         self.first_token_time: float | None = None
         self.done = False
@@ -242,17 +243,23 @@ class Scheduler:
         max_queue: most requests waiting to join; beyond it :meth:`submit` raises :class:`QueueFull`.
         max_batch_tokens: rows × the longest row they may grow to stays under this (bounds KV-cache memory).
         max_prefill_tokens: padded prompt tokens prefilled in one step (bounds the pause of running rows).
+        join_ratio, max_wait_steps: while rows are running, waiting requests are prefilled once their rows reach
+            ``join_ratio`` × the running rows or the oldest has waited ``max_wait_steps`` decode steps (a prefill of
+            a few prompts costs nearly as much per token as one of many, so joiners are gathered a little, as TGI's
+            ``waiting_served_ratio`` / ``max_waiting_tokens`` do). With no row running they are prefilled at once.
         policy: ``"mixed"`` (default), or a benchmark baseline (``"grouped"``, ``"subbatch"``).
     """
 
     def __init__(self, engine: Engine, *, max_batch: int = 64, max_queue: int = 256, max_batch_tokens: int = 65536,
-                 max_prefill_tokens: int = 2048, policy: str = "mixed") -> None:
+                 max_prefill_tokens: int = 2048, join_ratio: float = 0.125, max_wait_steps: int = 4,
+                 policy: str = "mixed") -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown batching policy {policy!r}: choose one of {POLICIES}")
         self.engine = engine
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_batch_tokens, self.max_prefill_tokens = max_batch_tokens, max_prefill_tokens
         self.policy = policy
+        self.join_ratio, self.max_wait_steps = join_ratio, max_wait_steps
         self.context = engine.context_length or 2**31
         self._inbox: collections.deque[Request] = collections.deque()
         self._waiting: collections.deque[Request] = collections.deque()
@@ -266,7 +273,7 @@ class Scheduler:
         self._accepting = False
         self._stop = False
         self._thread: threading.Thread | None = None
-        self._greedy_gen = torch.Generator(device="cpu").manual_seed(torch.seed() % 2**63)
+        self._default_gen = torch.Generator(device="cpu").manual_seed(torch.seed() % 2**63)  # requests with no seed
         self.steps = 0
         self.alive = False
         # counters for /health and the tests: prefill calls, decode steps, the most rows and the most distinct
@@ -377,7 +384,9 @@ class Scheduler:
 
     def _intake(self) -> None:
         while self._inbox:
-            self._waiting.append(self._inbox.popleft())
+            req = self._inbox.popleft()
+            req.queued_step = self.steps
+            self._waiting.append(req)
         now = time.monotonic()
         kept = collections.deque()
         for req in self._waiting:
@@ -415,6 +424,12 @@ class Scheduler:
         if not self._waiting:
             return {}
         rows = self.running
+        if rows:
+            waiting_rows = sum(r.rows for r in self._waiting)
+            waited = self.steps - self._waiting[0].queued_step
+            if waiting_rows < self.join_ratio * rows and waited < self.max_wait_steps and \
+                    rows + waiting_rows < self.max_batch:
+                return {}  # gather a few more joiners first
         longest = max((lane.reserved() for lane in self._lanes.values()), default=0)
         if self.policy == "grouped":
             if not any(len(lane) for lane in self._lanes.values()):
@@ -556,6 +571,6 @@ class Scheduler:
             scaled = scaled.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
         probs = scaled.softmax(-1)
         for j, i in enumerate(rows):
-            gen = seqs[i].generator or self._greedy_gen
+            gen = seqs[i].generator or self._default_gen
             out[i] = torch.multinomial(probs[j], 1, generator=gen)[0]
         return out
