@@ -322,9 +322,11 @@ def test_graceful_shutdown_finishes_in_flight_streams(adapters):
 
     t = threading.Thread(target=consume)
     t.start()
-    assert done.wait(30)
-    srv.stop()  # what SIGTERM does: stop accepting, let in-flight requests finish, then stop the scheduler
-    t.join(30)
+    try:
+        assert done.wait(30)
+    finally:
+        srv.stop()  # what SIGTERM does: stop accepting, let in-flight requests finish, then stop the scheduler
+        t.join(30)
     assert pieces[-1].finish_reason in ("length", "stop") and not scheduler.alive
     want, _ = reference(serve_model(), TOK, ids(PROMPT), 60, adapters["a"])
     assert len(ids("".join(p.text for p in pieces))) == len([t for t in want if t > 2])
