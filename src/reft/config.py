@@ -104,8 +104,8 @@ class Representation:
 
 
 @dataclass
-class ReftConfig:
-    """Where and how to intervene.
+class ReftConfig(Representation):
+    """Where and how to intervene: one spec (the flat fields) or several (``representations``), per adapter.
 
     Args:
         layers: ``"all"``, ``"3;9;18"`` or a list of layer indices. Default: ``"all"``
@@ -127,14 +127,6 @@ class ReftConfig:
         model_type, hidden_size, num_layers: the base model's (filled in on attach; checked on load).
     """
 
-    layers: Any = "all"
-    component: str = "block_output"
-    positions: str = "l1"
-    tied: bool = True
-    rank: int = 4
-    intervention: str = "loreft"
-    dropout: float = 0.0
-    act: str | None = None
     dtype: str = "float32"
     layers_path: str | None = None
     representations: list[dict[str, Any]] | None = None
@@ -145,9 +137,7 @@ class ReftConfig:
     format_version: int = field(default=FORMAT_VERSION)
 
     def __post_init__(self) -> None:
-        Representation(**{k: getattr(self, k) for k in SPEC_FIELDS}).validate(self.num_layers, self.hidden_size)
-        self.layers = parse_layers(self.layers, self.num_layers)
-        self.positions = str(parse_positions(self.positions))
+        self.validate(self.num_layers, self.hidden_size)
         resolve_dtype(self.dtype)
         if self.layers_path is not None and not _LAYERS_PATH.match(str(self.layers_path)):
             raise ValueError(f"layers_path {self.layers_path!r} must be a dotted path of public attribute names, "
