@@ -49,6 +49,24 @@ def parse_layers(layers: str | int | list[int] | tuple[int, ...], num_layers: in
     return sorted(set(layers))
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_prompt_format(value: Any) -> None:
+    """``None`` or ``{"chat_template": bool, "template_sha256": 64 hex digits or None}``; other keys warn."""
+    if value is None:
+        return
+    if not isinstance(value, dict) or not isinstance(value.get("chat_template"), bool):
+        raise ValueError(f"prompt_format must be null or an object with a boolean 'chat_template', got {value!r:.80}")
+    sha = value.get("template_sha256")
+    if sha is not None and not (isinstance(sha, str) and _SHA256.match(sha)):
+        raise ValueError(f"prompt_format.template_sha256 must be null or 64 hex digits, got {sha!r:.80}")
+    unknown = sorted(set(value) - {"chat_template", "template_sha256"})
+    if unknown:
+        warnings.warn(f"ignoring unknown prompt_format keys {unknown}: written by a newer reft? upgrade reft",
+                      stacklevel=4)
+
+
 @dataclass
 class ReftConfig:
     """Where and how to intervene.
@@ -67,6 +85,9 @@ class ReftConfig:
         layers_path: dotted path of the layer list when automatic discovery fails, e.g. ``"model.layers"``.
         base_model: name of the base model (filled in on attach; checked on load).
         model_type, hidden_size, num_layers: the base model's (filled in on attach; checked on load).
+        prompt_format: how training prompts were rendered, ``{"chat_template": bool, "template_sha256": str | None}``
+            (the SHA-256 of the tokenizer's chat template when it was used); ``reft eval`` / ``reft generate`` use
+            it by default. None: not recorded (adapters written before it existed).
     """
 
     layers: Any = "all"
@@ -84,6 +105,7 @@ class ReftConfig:
     hidden_size: int | None = None
     num_layers: int | None = None
     format_version: int = field(default=FORMAT_VERSION)
+    prompt_format: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.layers = parse_layers(self.layers, self.num_layers)
@@ -104,6 +126,7 @@ class ReftConfig:
                              "e.g. 'model.layers'")
         if not isinstance(self.tied, bool):
             raise ValueError(f"tied must be true or false, got {self.tied!r}")
+        _check_prompt_format(self.prompt_format)
 
     # ---- derived -------------------------------------------------------------------------------------------
     @property

@@ -105,7 +105,8 @@ def test_a_save_that_fails_midway_leaves_the_last_good_checkpoint(tmp_path, unin
         trainer.train()
     assert os.listdir(tmp_path) == ["checkpoint-2"]  # no checkpoint-4, no staging folder left behind
     assert sorted(os.listdir(tmp_path / "checkpoint-2")) == sorted(
-        ["reft_config.json", WEIGHTS_NAME, "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"])
+        ["reft_config.json", WEIGHTS_NAME, "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+         "reft_run.json"])
     ReftModel.from_pretrained(tiny_llama(init=0.2), tmp_path / "checkpoint-2")  # loadable
     log = LossLog()
     make_trainer(tmp_path, callbacks=[log], frozen_cache=cache).train(
