@@ -88,6 +88,18 @@ def model_context_length(model) -> int | None:
     return None
 
 
+def check_fits_context(dataset: Sequence[dict[str, Any]], model) -> None:
+    """Refuse (:class:`ExampleError`) an example longer than the model's context (:func:`model_context_length`)."""
+    context = model_context_length(model)
+    if context is None:
+        return
+    for i, example in enumerate(dataset):
+        n = len(example["input_ids"])
+        if n > context:
+            raise ExampleError(i, f"{n} tokens, more than the model's context of {context}: set max_length "
+                                  f"(--max-length) to at most {context}, or shorten the example")
+
+
 def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 

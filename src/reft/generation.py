@@ -112,17 +112,17 @@ def generate_texts(
             (checked for all prompts before generating any).
     """
     _check_prompts(prompts, batch_size, max_new_tokens)
-    ids = []
+    prompt_ids = []
     context = model_context_length(model)
     for i, p in enumerate(prompts):
         try:
-            ids.append(tokenize_prompt(tokenizer, p))
+            prompt_ids.append(tokenize_prompt(tokenizer, p))
         except ValueError as e:
             raise ExampleError(i, str(e)) from None
-        if context is not None and len(ids[-1]) + max_new_tokens > context:
-            raise ExampleError(i, f"the prompt has {len(ids[-1])} tokens; with max_new_tokens={max_new_tokens} that "
-                                  f"is more than the model's context of {context} tokens: shorten the prompt or "
-                                  "lower max_new_tokens")
+        if context is not None and len(prompt_ids[-1]) + max_new_tokens > context:
+            raise ExampleError(i, f"the prompt has {len(prompt_ids[-1])} tokens; with max_new_tokens="
+                                  f"{max_new_tokens} that is more than the model's context of {context} tokens: "
+                                  "shorten the prompt or lower max_new_tokens")
     collate = ReftDataCollator(tokenizer.pad_token_id, padding_side="left")
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
@@ -131,7 +131,7 @@ def generate_texts(
     bar = tqdm(total=len(prompts), desc="generate", disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = collate([{"input_ids": ids[i]} for i in idx])
+        batch = collate([{"input_ids": prompt_ids[i]} for i in idx])
         out = model.generate(input_ids=batch["input_ids"].to(device),
                              attention_mask=batch["attention_mask"].to(device),
                              max_new_tokens=max_new_tokens, **kwargs)

@@ -37,6 +37,10 @@ ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 
 
 # ---- atomic writes ---------------------------------------------------------------------------------------------
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _fsync(path: str) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -67,6 +71,8 @@ def atomic_write_file(path: str | os.PathLike, write: Callable[[str], None]) -> 
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
     os.close(fd)
     try:
+        # the mode of the file it replaces, or what open() would give (not mkstemp's 0600)
+        os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o666 & ~_UMASK)
         write(tmp)
         _fsync(tmp)
         os.replace(tmp, path)
@@ -116,6 +122,7 @@ def atomic_directory(directory: str | os.PathLike, write: Callable[[str], None],
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
     try:
+        os.chmod(tmp, 0o777 & ~_UMASK)  # as os.makedirs would, not mkdtemp's 0700
         write(tmp)
         fsync_tree(tmp)
         if os.path.isdir(directory):

@@ -75,9 +75,19 @@ def dataset_fingerprint(dataset) -> dict[str, Any] | None:
     return None
 
 
-def training_fingerprint(args, dataset, model_config: dict[str, Any]) -> dict[str, Any]:
-    """What a run is: the model's adapter config, the training data and the arguments in :data:`SHAPING_ARGS`."""
-    return {"format": 1, "model": _jsonable(model_config), "data": dataset_fingerprint(dataset),
+def training_fingerprint(args, dataset, model) -> dict[str, Any]:
+    """What a run is: the model's adapters (``reft_config``, the peft config of a peft model, ``num_labels``), the
+    training data (:func:`dataset_fingerprint`) and the `TrainingArguments` in :data:`SHAPING_ARGS`."""
+    adapters: dict[str, Any] = {}
+    config = getattr(model, "reft_config", None)
+    if config is not None:
+        adapters["reft_config"] = config.to_dict()
+    peft_model = model if hasattr(model, "peft_config") else _peft_model(model)
+    if peft_model is not None:
+        adapters["peft_config"] = {k: v.to_dict() for k, v in peft_model.peft_config.items()}
+    if isinstance(getattr(model, "num_labels", None), int):
+        adapters["num_labels"] = model.num_labels
+    return {"format": 1, "model": _jsonable(adapters), "data": dataset_fingerprint(dataset),
             "training": {name: _jsonable(getattr(args, name, None)) for name in SHAPING_ARGS}}
 
 
@@ -104,8 +114,10 @@ def _last_good(args) -> str:
     return f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
 
 
-class _FiniteGuard(TrainerCallback):
-    """Stops training at the first non-finite gradient (before the optimizer step) or weight (after it)."""
+class FiniteGuard(TrainerCallback):
+    """Stops training (:class:`NonFiniteLossError`) at the first non-finite gradient (before the optimizer step) or
+    weight (after it) of a trainable parameter. :class:`ReftTrainer` adds it; add it to a plain `Trainer` with
+    ``callbacks=[FiniteGuard()]``."""
 
     @staticmethod
     def _check(model, kind: str, args, state) -> None:
@@ -161,23 +173,18 @@ class ReftTrainer(Trainer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.add_callback(_FiniteGuard())
+        self.add_callback(FiniteGuard())
         self._fingerprint: tuple[int, dict[str, Any]] | None = None
         if self.train_dataset is not None:
             self._check_train_data(self.train_dataset)
 
     def run_fingerprint(self) -> dict[str, Any]:
-        """What this run is (:func:`training_fingerprint`): the adapter config (and peft config of a peft base), the
-        training data, and the arguments in :data:`SHAPING_ARGS`. Written into every checkpoint as ``reft_run.json``
-        and compared on resume."""
+        """What this run is (:func:`training_fingerprint`): the adapter config (and the peft config of a peft base),
+        the training data, and the arguments in :data:`SHAPING_ARGS`. Written into every checkpoint as
+        ``reft_run.json`` and compared on resume."""
         if self._fingerprint is None or self._fingerprint[0] != id(self.train_dataset):
-            reft_model = self._unwrapped()
-            config = getattr(reft_model, "reft_config", None)
-            model = {"reft_config": config.to_dict() if config is not None else None}
-            peft_model = _peft_model(reft_model)
-            if peft_model is not None:
-                model["peft_config"] = {k: v.to_dict() for k, v in peft_model.peft_config.items()}
-            self._fingerprint = (id(self.train_dataset), training_fingerprint(self.args, self.train_dataset, model))
+            fingerprint = training_fingerprint(self.args, self.train_dataset, self._unwrapped())
+            self._fingerprint = (id(self.train_dataset), fingerprint)
         return self._fingerprint[1]
 
     def check_resume(self, checkpoint: str | os.PathLike) -> None:
