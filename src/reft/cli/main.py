@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.run(args) or 0)
         except KeyboardInterrupt:
             note = getattr(COMMANDS[args.command], "interrupted", None)
+            if sys.stderr.isatty():
+                print(file=sys.stderr)  # below a progress bar cut short
             print(f"{prefix}: interrupted{': ' + note(args) if note else ''}", file=sys.stderr)
             return 130
         except Exception as e:

@@ -166,18 +166,24 @@ def run_folder(folder: str | os.PathLike, *, resume: bool = False) -> Iterator[s
         return
     check_run_folder(folder, resume=resume)
     created = not os.path.isdir(folder)
-    had_fingerprint = os.path.isfile(os.path.join(folder, RUN_NAME))
     os.makedirs(folder, exist_ok=True)
     try:
         with run_lock(folder):
-            check_run_folder(folder, resume=resume)  # again, now that no other run can write here
-            yield folder
+            had_fingerprint = os.path.isfile(os.path.join(folder, RUN_NAME))
+            try:
+                check_run_folder(folder, resume=resume)  # again, now that no other run can write here
+                yield folder
+            except BaseException:
+                _remove_what_holds_nothing(folder, had_fingerprint)
+                raise
     except BaseException:
-        _remove_what_holds_nothing(folder, created, had_fingerprint)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only when empty (a process that took the folder meanwhile keeps it)
         raise
 
 
-def _remove_what_holds_nothing(folder: str, created: bool, had_fingerprint: bool) -> None:
+def _remove_what_holds_nothing(folder: str, had_fingerprint: bool) -> None:
     if last_checkpoint(folder):
         return  # something to resume from
     checkpoints = os.path.join(folder, CHECKPOINTS)
@@ -186,6 +192,3 @@ def _remove_what_holds_nothing(folder: str, created: bool, had_fingerprint: bool
     if not had_fingerprint:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(folder, RUN_NAME))
-    if created:
-        with contextlib.suppress(OSError):
-            os.rmdir(folder)  # only when empty
