@@ -102,8 +102,8 @@ def byte_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
     return tokenizer
 
 
-def save_tiny_causal_lm(path, *, chat_template: str | None = CHAT_TEMPLATE, context: int = 128) -> str:
-    """A tiny random Llama + byte tokenizer saved with save_pretrained, for ``--model PATH`` (no download)."""
+def tiny_causal_lm(*, chat_template: str | None = CHAT_TEMPLATE, context: int = 128):
+    """``(model, tokenizer)``: a tiny random Llama sized for :func:`byte_tokenizer`, with a context of ``context``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = byte_tokenizer(chat_template)
@@ -111,7 +111,13 @@ def save_tiny_causal_lm(path, *, chat_template: str | None = CHAT_TEMPLATE, cont
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=2,
                          max_position_embeddings=context)
-    LlamaForCausalLM(config).save_pretrained(path)
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+def save_tiny_causal_lm(path, **kwargs) -> str:
+    """:func:`tiny_causal_lm` saved with save_pretrained, for ``--model PATH`` (no download)."""
+    model, tokenizer = tiny_causal_lm(**kwargs)
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 

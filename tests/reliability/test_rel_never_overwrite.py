@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from _reliability_common import make_trainer, one_thread, tree_state  # noqa: F401
+from _reliability_common import one_thread, tree_state  # noqa: F401
 from conftest import tiny_llama
 
 from reft import ReftConfig, ReftModel, get_reft_model
@@ -74,16 +74,6 @@ def test_save_updates_an_adapter_folder_and_keeps_everything_else(tmp_path):
     second.save_pretrained(root)
     assert (root / "notes.txt").read_text() == "keep" and (root / "other" / WEIGHTS_NAME).is_file()
     assert (root / WEIGHTS_NAME).is_file()
-
-
-def test_save_model_into_a_trainer_output_dir_keeps_its_checkpoints(tmp_path):
-    """`trainer.save_model()` and `save_pretrained` into an output_dir with checkpoint-* folders: both keep them."""
-    trainer = make_trainer(tmp_path, max_steps=2)
-    trainer.train()
-    trainer.save_model()
-    trainer.model.save_pretrained(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", *sorted(ADAPTER_FILES)]
-    assert (tmp_path / "checkpoint-2" / "optimizer.pt").is_file()
 
 
 def test_atomic_directory_never_replaces_a_folder_with_files_it_did_not_write(tmp_path):

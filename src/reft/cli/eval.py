@@ -11,6 +11,7 @@ from .common import (
     check_model,
     check_output_file,
     dtype_of,
+    located,
     positive_int,
 )
 
@@ -51,6 +52,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..data import ExampleError
     from ..harness.evaluate import evaluate_classification, evaluate_generation, summary, write_results
     from ..harness.models import load_model
     from ..harness.tasks import get_task
@@ -88,9 +90,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         recorded = getattr(getattr(model, "reft_config", None), "prompt_format", None)
         chat_template = True if args.chat_template is None and recorded is None else args.chat_template
-        result = evaluate_generation(model, tokenizer, spec, args.split, examples=examples,
-                                     batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                     chat_template=chat_template)
+        try:
+            result = evaluate_generation(model, tokenizer, spec, args.split, examples=examples,
+                                         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                         chat_template=chat_template)
+        except ExampleError as e:
+            raise located(e, [f"--task {spec.name} {args.split} example {i}" for i in range(len(examples))]) from None
     result |= {"model": args.model, "adapter": args.adapter, "lora": args.lora}
     name = Path(args.adapter or args.lora or args.model).name
     write_results(out, result, generator=f"reft-{name}")
