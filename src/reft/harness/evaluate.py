@@ -34,6 +34,15 @@ def _spec(task: str | TaskSpec) -> TaskSpec:
     return get_task(task) if isinstance(task, str) else task
 
 
+def _examples(spec: TaskSpec, split: str, limit: int | None, seed: int, examples: Sequence[dict] | None):
+    """``examples``, or the split loaded; never empty."""
+    if examples is None:
+        examples = spec.load(split, limit=limit, seed=seed)
+    if not examples:
+        raise ValueError(f"no examples to evaluate in {spec.name}/{split} (limit={limit})")
+    return examples
+
+
 def evaluate_generation(
     model: nn.Module,
     tokenizer,
@@ -74,10 +83,7 @@ def evaluate_generation(
     if spec.format is None:
         raise ValueError(f"{spec.name} is a classification task: use evaluate_classification (or 'reft eval' with an "
                          "adapter that has a head)")
-    if examples is None:
-        examples = spec.load(split, limit=limit, seed=seed)
-    if not examples:
-        raise ValueError(f"no examples to evaluate in {spec.name}/{split} (limit={limit})")
+    examples = _examples(spec, split, limit, seed, examples)
     max_new_tokens = max_new_tokens or MAX_NEW_TOKENS.get(spec.family, 64)
     pairs = [spec.format(ex) for ex in examples]
     chat_template = resolve_chat_template(model, tokenizer, chat_template, default=False)
@@ -143,10 +149,7 @@ def evaluate_classification(
     if getattr(model, "num_labels", spec.num_labels) != spec.num_labels:
         raise ValueError(f"the model has {model.num_labels} outputs but {spec.name} needs {spec.num_labels}: "
                          "load the adapter trained on this task")
-    if examples is None:
-        examples = spec.load(split, limit=limit, seed=seed)
-    if not examples:
-        raise ValueError(f"no examples to evaluate in {spec.name}/{split} (limit={limit})")
+    examples = _examples(spec, split, limit, seed, examples)
     start = time.perf_counter()
     preds = predict_classification(model, tokenizer, examples, num_labels=spec.num_labels, batch_size=batch_size,
                                    max_length=max_length, progress=progress)
