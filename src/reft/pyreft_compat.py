@@ -39,14 +39,13 @@ import os
 import re
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from .config import COMPONENTS, ReftConfig
 from .interventions import get_intervention_class
 from .interventions.orthogonal import INIT_SCALE
 from .positions import parse_positions
-from .save_load import WEIGHTS_NAME, atomic_directory
+from .save_load import ADAPTER_FILES, atomic_directory, write_adapter_state
 
 _FIELDS = (
     "layer component unit max_number_of_units low_rank_dimension intervention_type intervention subspace_partition "
@@ -296,14 +295,12 @@ def import_pyreft(
     _check_shapes(config, state)
 
     def write(tmp: str) -> None:
-        config.save(tmp)
-        save_file(state, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt", "reft": "1",
-                                                                    "converted_from": "pyreft"})
+        write_adapter_state(tmp, config, state, {"converted_from": "pyreft"})
 
     dst = os.fspath(dst_dir)
     if os.path.isdir(dst) and os.listdir(dst):
         raise FileExistsError(f"{dst} is not empty: choose a new directory for the converted adapter")
-    atomic_directory(dst, write)
+    atomic_directory(dst, write, owned=ADAPTER_FILES)
     return config
 
 

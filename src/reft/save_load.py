@@ -176,20 +176,18 @@ def load_reft_state_dict(reft_model: nn.Module, state: dict[str, torch.Tensor]) 
 
 
 # ---- saving ------------------------------------------------------------------------------------------------------
-def _adapter_payload(reft_model: nn.Module) -> tuple[ReftConfig, dict[str, torch.Tensor], dict[str, str]]:
-    config: ReftConfig = reft_model.reft_config
-    extra = {"num_labels": str(reft_model.num_labels)} if hasattr(reft_model, "head") else {}
-    state = reft_state_dict(reft_model)
+def _non_finite_refusal(state: dict[str, torch.Tensor]) -> None:
     bad = non_finite(state)
     if bad:
         raise ValueError(f"refusing to save an adapter with non-finite weights: {', '.join(bad[:3])}"
                          f"{' …' if len(bad) > 3 else ''}. Training diverged: lower the learning rate and resume from "
                          "the last good checkpoint")
-    return config, state, {"format": "pt", "reft": "1"} | extra
 
 
-def write_adapter_files(reft_model: nn.Module, directory: str | os.PathLike) -> None:
-    """Write the two adapter files into ``directory`` (created if needed), leaving any other file there alone.
+def write_adapter_state(directory: str | os.PathLike, config: ReftConfig, state: dict[str, torch.Tensor],
+                        metadata: dict[str, str] | None = None) -> None:
+    """Write ``reft_config.json`` + ``reft_model.safetensors`` from a config and tensors into ``directory`` (created
+    if needed), leaving any other file there alone.
 
     Each file is written to a temp name and renamed, weights first: a crash leaves old or new files, never a
     half-written one (a crash between the two renames leaves new weights beside the old config, which
@@ -200,10 +198,18 @@ def write_adapter_files(reft_model: nn.Module, directory: str | os.PathLike) -> 
     """
     directory = os.fspath(directory)
     _refuse_non_folder(directory)
-    config, state, metadata = _adapter_payload(reft_model)
+    _non_finite_refusal(state)
+    metadata = {"format": "pt", "reft": "1"} | (metadata or {})
     os.makedirs(directory, exist_ok=True)
     atomic_write_file(os.path.join(directory, WEIGHTS_NAME), lambda tmp: save_file(state, tmp, metadata=metadata))
     atomic_write_text(os.path.join(directory, CONFIG_NAME), config.to_json())
+
+
+def write_adapter_files(reft_model: nn.Module, directory: str | os.PathLike) -> None:
+    """Write the adapter of ``reft_model`` into ``directory`` (:func:`write_adapter_state`), leaving any other file
+    there alone (a Trainer checkpoint or ``output_dir``)."""
+    extra = {"num_labels": str(reft_model.num_labels)} if hasattr(reft_model, "head") else {}
+    write_adapter_state(directory, reft_model.reft_config, reft_state_dict(reft_model), extra)
 
 
 def is_adapter_dir(directory: str | os.PathLike) -> bool:

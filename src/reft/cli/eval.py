@@ -49,6 +49,11 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves."""
+    return "no results were written (they are written when the evaluation is done)"
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 

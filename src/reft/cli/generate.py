@@ -46,6 +46,11 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves."""
+    return "nothing was written (the outputs are written when all prompts are done)"
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data import ExampleError
     from ..generation import format_prompts, generate_texts, resolve_chat_template
