@@ -131,7 +131,7 @@ ROWS = {
         files={"data.jsonl": GOOD, "out/checkpoints/checkpoint-3/reft_config.json": b"{}",
                "out/reft_run.json": b"{}"}),
     "train --out of files reft did not write": Row(
-        _train(), r"holds loss_curve\.png without reft_run\.json",
+        _train(), r"holds loss_curve\.png without reft_run\.json or an adapter: files reft did not write",
         files={"data.jsonl": GOOD, "out/loss_curve.png": b"x"}),
     "train --out in use by another run": Row(
         _train(), r"is in use by another reft run \(pid \d+\): wait for it to end", files={"data.jsonl": GOOD},

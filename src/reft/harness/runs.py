@@ -6,7 +6,8 @@ holds ``adapter/``, ``checkpoints/``, ``loss_curve.png``, ``train_metrics.json``
 arguments that shape training; every checkpoint holds a copy). :func:`run_folder` guards a run:
 
 * the folder is checked before anything is loaded: a path that is a file, under a file or not writable, and a folder
-  with another run's outputs (checkpoints without ``resume``; outputs without a fingerprint) are refused;
+  with another run's checkpoints (without ``resume``) or with run outputs reft did not write are refused (an earlier
+  reft's run folder, without a fingerprint, is known by its adapter);
 * an exclusive lock (``.reft-run.lock``: ``flock`` on a file holding the pid) keeps a second process out; the
   kernel releases it when the process ends, so the lock of a dead process is taken over;
 * :func:`claim` compares the run's fingerprint with the folder's (another run's folder is refused, naming the
@@ -76,15 +77,15 @@ def check_run_folder(folder: str | os.PathLike, *, resume: bool = False) -> None
     if last and not resume:
         raise RunFolderError(f"{folder} holds checkpoints of an earlier run (newest: {os.path.basename(last)}): "
                              "continue it with --resume (resume=True), or train into a new folder")
-    outputs = [n for n in RUN_OUTPUTS if os.path.lexists(os.path.join(folder, n))]
-    if outputs and not os.path.isfile(os.path.join(folder, RUN_NAME)) and not last:
-        raise RunFolderError(f"{folder} holds {', '.join(outputs)} without {RUN_NAME}: another run's outputs (or "
-                             "files reft did not write); train into a new folder")
     adapter = os.path.join(folder, "adapter")
-    if os.path.isdir(adapter) and os.listdir(adapter) and not (
-            is_adapter_dir(adapter) or os.path.isfile(os.path.join(adapter, "adapter_config.json"))):
+    is_adapter = is_adapter_dir(adapter) or os.path.isfile(os.path.join(adapter, "adapter_config.json"))
+    if os.path.isdir(adapter) and os.listdir(adapter) and not is_adapter:
         raise RunFolderError(f"{adapter} holds files that are not an adapter: reft will not replace them; train into "
                              "a new folder")
+    outputs = [n for n in RUN_OUTPUTS if os.path.lexists(os.path.join(folder, n))]
+    if outputs and not (os.path.isfile(os.path.join(folder, RUN_NAME)) or last or is_adapter):
+        raise RunFolderError(f"{folder} holds {', '.join(outputs)} without {RUN_NAME} or an adapter: files reft did "
+                             "not write; train into a new folder")
 
 
 def claim(folder: str | os.PathLike, fingerprint: dict[str, Any]) -> None:
