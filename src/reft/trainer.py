@@ -207,9 +207,14 @@ class ReftTrainer(Trainer):
             raise ValueError(f"{checkpoint} belongs to another run: {'; '.join(diffs)}. Resume with that run's data "
                              "and settings, or train into a new output folder")
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """`Trainer.train`; a checkpoint to resume from must be this run's (:meth:`check_resume`)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True  # True: Trainer's own error
+        if isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            self.check_resume(resume_from_checkpoint)
         try:
-            return super().train(*args, **kwargs)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             cache = getattr(self._unwrapped(), "frozen_cache", None)
             if cache is not None:
@@ -329,7 +334,6 @@ class ReftTrainer(Trainer):
         if not os.path.isfile(os.path.join(resume_from_checkpoint, WEIGHTS_NAME)):
             raise FileNotFoundError(f"{resume_from_checkpoint} holds no {WEIGHTS_NAME}: not a reft checkpoint")
         _, state, _ = read_adapter(resume_from_checkpoint)
-        self.check_resume(resume_from_checkpoint)
         reft_model = self._unwrapped()
         load_reft_state_dict(reft_model, state)
         peft_model = _peft_model(reft_model)
