@@ -50,6 +50,22 @@ def parse_layers(layers: str | int | list[int] | tuple[int, ...], num_layers: in
 
 
 SPEC_FIELDS = ("layers", "component", "positions", "tied", "rank", "intervention", "dropout", "act")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_prompt_format(value: Any) -> None:
+    """``None`` or ``{"chat_template": bool, "template_sha256": 64 hex digits or None}``; other keys warn."""
+    if value is None:
+        return
+    if not isinstance(value, dict) or not isinstance(value.get("chat_template"), bool):
+        raise ValueError(f"prompt_format must be null or an object with a boolean 'chat_template', got {value!r:.80}")
+    sha = value.get("template_sha256")
+    if sha is not None and not (isinstance(sha, str) and _SHA256.match(sha)):
+        raise ValueError(f"prompt_format.template_sha256 must be null or 64 hex digits, got {sha!r:.80}")
+    unknown = sorted(set(value) - {"chat_template", "template_sha256"})
+    if unknown:
+        warnings.warn(f"ignoring unknown prompt_format keys {unknown}: written by a newer reft? upgrade reft",
+                      stacklevel=4)
 
 
 @dataclass
@@ -125,6 +141,9 @@ class ReftConfig(Representation):
             (the flat fields are the one spec)
         base_model: name of the base model (filled in on attach; checked on load).
         model_type, hidden_size, num_layers: the base model's (filled in on attach; checked on load).
+        prompt_format: how training prompts were rendered, ``{"chat_template": bool, "template_sha256": str | None}``
+            (the SHA-256 of the tokenizer's chat template when it was used); ``reft eval`` / ``reft generate`` use
+            it by default. None: not recorded (adapters written before it existed).
     """
 
     dtype: str = "float32"
@@ -135,6 +154,7 @@ class ReftConfig(Representation):
     hidden_size: int | None = None
     num_layers: int | None = None
     format_version: int = field(default=FORMAT_VERSION)
+    prompt_format: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.validate(self.num_layers, self.hidden_size)
@@ -144,6 +164,7 @@ class ReftConfig(Representation):
                              "e.g. 'model.layers'")
         if self.representations is not None:
             self.representations = [self._spec_dict(i, r) for i, r in enumerate(self.representations)]
+        _check_prompt_format(self.prompt_format)
 
     def _spec_dict(self, i: int, rep: Any) -> dict[str, Any]:
         where = f"representations[{i}]: "

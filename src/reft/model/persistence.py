@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ..config import ReftConfig
 from .adapter import AdapterView
+from .layers import model_dims
 
 _CLASSIFIER: list[type] = []  # filled by reft.model.classification (a registry, not an import cycle)
 
@@ -19,9 +21,10 @@ class SaveLoadMixin:
         return AdapterView(self.adapters[name], getattr(self, "num_labels", None))
 
     def save_pretrained(self, directory: str | os.PathLike, selected_adapters: Sequence[str] | None = None,
-                        is_main_process: bool = True, **_: object) -> None:
+                        is_main_process: bool = True, *, overwrite: bool = False, **_: object) -> None:
         """Write each adapter as ``reft_config.json`` + ``reft_model.safetensors`` (see :mod:`reft.save_load`):
-        ``default`` in ``directory`` itself, every other adapter in ``directory/<name>`` (peft's layout)."""
+        ``default`` in ``directory`` itself, every other adapter in ``directory/<name>`` (peft's layout). A folder
+        that is not a reft adapter is refused unless ``overwrite`` (which adds the files beside what is there)."""
         from ..save_load import save_adapter
 
         if not is_main_process:
@@ -31,13 +34,14 @@ class SaveLoadMixin:
         if unknown:
             raise ValueError(f"unknown adapter {unknown[0]!r}: loaded adapters are {list(self.adapters)}")
         for name in sorted(names, key=lambda n: n != "default"):  # the top level first: it may replace the folder
-            save_adapter(self._view(name), directory if name == "default" else os.path.join(directory, name))
+            target = directory if name == "default" else os.path.join(directory, name)
+            save_adapter(self._view(name), target, overwrite=overwrite)
 
     def load_adapter(self, directory: str | os.PathLike, adapter_name: str = "default", *,
                      is_trainable: bool = False) -> None:
         """Add the adapter saved in ``directory`` under ``adapter_name``; refuses one trained on another base model.
         It is frozen unless ``is_trainable``; it becomes active only if no adapter is active yet."""
-        from ..save_load import check_compatible, load_reft_state_dict, read_adapter
+        from ..save_load import load_reft_state_dict, read_adapter
 
         config, state, _ = read_adapter(directory)
         check_compatible(config, self.model)
@@ -66,3 +70,21 @@ class SaveLoadMixin:
         if not is_trainable:
             wrapper.eval()
         return wrapper
+
+
+def check_compatible(config: ReftConfig, model: nn.Module) -> None:
+    """Refuse a base model whose architecture, hidden size or depth differs from the checkpoint's."""
+    hidden, layers = model_dims(model)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    problems = []
+    if config.hidden_size is not None and config.hidden_size != hidden:
+        problems.append(f"hidden size {config.hidden_size} (checkpoint) vs {hidden} (model)")
+    if config.num_layers is not None and config.num_layers != layers:
+        problems.append(f"{config.num_layers} layers (checkpoint) vs {layers} (model)")
+    if config.model_type is not None and model_type is not None and config.model_type != model_type:
+        problems.append(f"architecture {config.model_type!r} (checkpoint) vs {model_type!r} (model)")
+    if problems:
+        raise ValueError(
+            f"this adapter was trained on {config.base_model or 'another model'}; it does not fit the given model: "
+            + "; ".join(problems) + ". Load the base model it was trained on."
+        )
