@@ -19,6 +19,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from .data import IGNORE_INDEX
+from .model.layers import is_peft_model
 from .positions import parse_positions
 from .save_load import (
     WEIGHTS_NAME,
@@ -143,9 +144,9 @@ class FiniteGuard(TrainerCallback):
 
 
 def _peft_model(model):
-    """The peft model under a ReftModel, or None (detected by attributes: peft is never imported here)."""
+    """The peft model under a ReftModel, or None."""
     base = getattr(model, "model", None)
-    return base if hasattr(base, "peft_config") and hasattr(base, "get_base_model") else None
+    return base if is_peft_model(base) else None
 
 
 class ReftTrainer(Trainer):
@@ -159,7 +160,10 @@ class ReftTrainer(Trainer):
       exactly (bitwise with the frozen-block cache off, up to fp32 rounding with it on: docs/reliability.md).
       transformers (≥ 4.57) reads that state back with ``torch.load(weights_only=True)``;
     * each ``checkpoint-N`` folder appears atomically: it is written as ``.staging-checkpoint-N/checkpoint-N`` and
-      renamed into place once complete, so a crash mid-save leaves the previous checkpoint as the newest one;
+      renamed into place once complete, so a crash mid-save leaves the previous checkpoint as the newest one. This
+      needs ``_save_checkpoint`` / ``_get_output_dir``: `Trainer` writes the folder's files (optimizer, scheduler,
+      RNG per rank, state) from inside ``_save_checkpoint`` into ``_get_output_dir()/checkpoint-N`` and offers no
+      public hook between writing and publishing; the override only redirects that folder and renames it after;
     * the training data is checked before the first step: examples whose labels are all masked are refused,
       and positions that no training prompt is long enough to hold raise a warning (see docs/reliability.md);
     * a NaN/inf loss, gradient or weight stops training with the step named (:class:`NonFiniteLossError`); the

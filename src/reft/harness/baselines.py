@@ -30,6 +30,8 @@ from transformers import Trainer
 from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
 
 from ..data import ReftDataCollator, check_fits_context, make_supervised_dataset
+from ..fast.loss import has_plain_lm_head
+from ..model.layers import transformers_model
 from ..save_load import atomic_directory
 from ..trainer import FiniteGuard, NonFiniteLossError, training_fingerprint
 from .classification import classification_loss, fit_classifier
@@ -46,8 +48,6 @@ LORA_TARGETS: dict[str, tuple[str, ...]] = {
 HEAD_FILE = "lora_head.safetensors"
 #: the names a LoRA adapter save writes (peft's files and the head): the only ones it replaces
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", HEAD_FILE)
-# causal LMs whose logits are exactly lm_head(last hidden state)
-_PLAIN_LM_HEAD = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "phi3", "olmo", "olmo2"}
 
 
 @dataclass
@@ -106,11 +106,8 @@ def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     Equal to ``model(input_ids, attention_mask=…, labels=labels).loss`` but, for plain ``lm_head`` models, the
     vocabulary logits are computed only at positions that predict a label. Works on a peft model or a bare LM.
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = inner.config
-    plain = (getattr(cfg, "model_type", None) in _PLAIN_LM_HEAD and getattr(cfg, "final_logit_softcapping", None)
-             is None and inner.get_output_embeddings() is not None and inner.base_model is not inner)
-    if not plain:
+    inner = transformers_model(model)
+    if not has_plain_lm_head(inner):
         kwargs = {"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}
         return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
     hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
