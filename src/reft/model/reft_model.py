@@ -72,7 +72,9 @@ class ReftModel(SaveLoadMixin, nn.Module):
         self._hook_handles: dict = {}
         self._generating: tuple[Plan | None, int] | None = None
         self.cache_key = cache_name(transformers_model(model))  # looked up once, not per forward
-        # training loss: chunk the frozen prompt prefix (see reft.fast.engine); False = one plain forward
+        # the training engine (reft.fast, docs/engine.md): False = every loss is the base model's plain forward;
+        # finer switches: split_frozen_prefix (the chunking) and frozen_cache = None (the reuse across epochs)
+        self.fast_training = True
         self.split_frozen_prefix = True
         self._frozen_cache: FrozenCache | None = None
         self._reuse_frozen = True
@@ -302,7 +304,7 @@ class ReftModel(SaveLoadMixin, nn.Module):
         if labels is not None and prompt_lengths is None:
             prompt_lengths = prompt_lengths_from_labels(attention_mask, labels)
         plan = self._plan(attention_mask, prompt_lengths, adapter_names)
-        if labels is not None and plan is not None and not kwargs:
+        if labels is not None and plan is not None and not kwargs and self.fast_training:
             trainable_base = any(p.requires_grad for p in self.model.parameters())  # one scan per forward
             if self._fast_loss_ok(trainable_base, plan):
                 frozen = None if trainable_base or adapter_names is not None else self._frozen_batch(
