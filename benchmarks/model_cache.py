@@ -1,18 +1,18 @@
-"""SmolLM2-135M-Instruct for both benchmark sides, through the library's own loader (`src/reft/models.py`).
+"""SmolLM2-135M-Instruct for both benchmark sides, through the library's own loader (`reft.harness.models`).
 
-The peer venv has no `reft` installed, so the module is loaded from its file: it needs only torch and transformers.
-Both sides thus read the same de-quantised safetensors cache (`~/.cache/reft/smollm2-135m-instruct`).
+The peer venv has no `reft` installed, so `src/` is put on the path: importing reft changes nothing global (no
+registration or patching at import), and the loader needs only torch, transformers and safetensors. Both sides thus
+read the same de-quantised safetensors cache (`~/.cache/reft/smollm2-135m-instruct`).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
-_PATH = Path(__file__).resolve().parents[1] / "src" / "reft" / "models.py"
-_spec = importlib.util.spec_from_file_location("_reft_models", _PATH)
-models = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(models)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from reft.harness import models  # noqa: E402
 
 
 def load():

@@ -172,14 +172,16 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=6,
                     help="runs per library and setting (seeds 42, 43, ...); 6 take about 2 hours on 2 CPU cores")
+    ap.add_argument("--out", default=str(OUT), help="results folder (default: %(default)s)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep runs already in benchmarks/results/raw (e.g. to finish an interrupted benchmark)")
     args = ap.parse_args()
     if not PEER_PY.exists():
         print(f"no peer venv at {PEER_PY}: run 'bash benchmarks/peer_env.sh' first", file=sys.stderr)
         return 2
-    OUT.mkdir(exist_ok=True)
-    tmp = OUT / "raw"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "raw"
     tmp.mkdir(exist_ok=True)
     extra = ["--threads", str(args.threads)]
     for opt in ("limit_train", "limit_heldout"):
@@ -213,9 +215,9 @@ def main() -> int:
                                  "transformers (pyreft)": first_peer["versions"]["transformers"]}}
         print(json.dumps({s: results["settings"][s]["ratios"]}, indent=2), flush=True)
     results["machine_load_end"] = machine_load()
-    (OUT / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
-    (OUT / "benchmark.md").write_text(table(results))
-    chart(results, OUT / "benchmark.png")
+    (out / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "benchmark.md").write_text(table(results))
+    chart(results, out / "benchmark.png")
     print(table(results))
     return 0
 

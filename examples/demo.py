@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from extraction_task import exact_match, make_task  # noqa: E402
 
 from reft import ReftConfig, ReftModel  # noqa: E402
-from reft.generation import generate_texts, render_chat  # noqa: E402
+from reft.generation import generate_texts, prompt_format, render_chat  # noqa: E402
 from reft.harness.models import load_model  # noqa: E402
 from reft.harness.recipe import TrainSettings, train_reft  # noqa: E402
 
@@ -50,7 +50,8 @@ def main() -> int:
     reft_model, metrics = train_reft(
         model, tokenizer, config, [render_chat(tokenizer, ex["prompt"]) for ex in train],
         [ex["response"] for ex in train], args.out,
-        TrainSettings(epochs=args.epochs, lr=4e-3, batch_size=8, logging_steps=4), progress=False)
+        TrainSettings(epochs=args.epochs, lr=4e-3, batch_size=8, logging_steps=4), progress=False,
+        prompt_format=prompt_format(tokenizer, chat_template=True))  # `reft generate` then renders prompts alike
     curve = metrics["loss_curve"]
     print(f"trained LoReFT on {len(train)} examples in {time.time() - t1:.0f} s: loss {curve[0][1]:.3f} → "
           f"{curve[-1][1]:.3f} (curve: {args.out}/loss_curve.png)")

@@ -47,7 +47,9 @@ def one_run(task: str, method: str, seed: int, lr: float, *, dev_only: bool = Fa
     model, tokenizer = load_model("minilm")
     settings = TrainSettings(epochs=EPOCHS, lr=lr, batch_size=TUNE_BATCH if dev_only else BATCH,
                              max_length=MAX_LENGTH, seed=seed, logging_steps=5, group_by_length=True)
-    run_dir = RUNS / "glue_minilm" / f"{task}-{method}-s{seed}"
+    # one folder per run (reft refuses a run folder of another run): tuning runs apart, by learning rate
+    name = f"tune/{task}-{method}-s{seed}-lr{lr:g}" if dev_only else f"{task}-{method}-s{seed}"
+    run_dir = RUNS / "glue_minilm" / name
     return run_task(model, tokenizer, task, method, run_dir, settings=settings, reft_config=REFT, lora=LORA,
                     train_limit=TUNE_SIZE if dev_only else TRAIN_SIZES[task], subset_seed=0, dev_limit=DEV_CAP,
                     evaluate=not dev_only, progress=False, model_name="minilm")

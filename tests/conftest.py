@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from transformers import (
     BertConfig,
     BertModel,
@@ -16,6 +17,8 @@ from transformers import (
     RobertaConfig,
     RobertaModel,
 )
+
+from reft.data import ReftDataCollator
 
 VOCAB = 64
 # tiny models run fastest on one thread, and a test run then leaves the other core to whatever else runs
@@ -84,3 +87,32 @@ def random_batch(lengths: list[int], padding_side: str = "right", seed: int = 0,
         sl = slice(width - n, width) if padding_side == "left" else slice(0, n)
         ids[i, sl], mask[i, sl] = row, 1
     return ids, mask
+
+
+def nonzero_init(reft_model):
+    torch.manual_seed(1)
+    for p in reft_model.intervention_parameters():
+        if p.dim() == 1:
+            nn.init.normal_(p)
+
+
+def lm_batch(n_examples=4, prompt=6, response=4, seed=1, vocab=64):
+    g = torch.Generator().manual_seed(seed)
+    data = []
+    for i in range(n_examples):
+        p = torch.randint(3, vocab, (prompt + i % 2,), generator=g).tolist()
+        r = torch.randint(3, vocab, (response,), generator=g).tolist()
+        data.append({"input_ids": p + r, "labels": [-100] * len(p) + r, "prompt_lengths": len(p)})
+    return ReftDataCollator(pad_token_id=0)(data)
+
+
+def shared_prefix_batch(prefix: int, prompts=(6, 2, 9), response=4):
+    """Rows that start with the same ``prefix`` tokens (a system prompt), then differ."""
+    g = torch.Generator().manual_seed(3)
+    head = torch.randint(3, 64, (prefix,), generator=g).tolist()
+    data = []
+    for n in prompts:
+        p = head + torch.randint(3, 64, (n,), generator=g).tolist()
+        r = torch.randint(3, 64, (response,), generator=g).tolist()
+        data.append({"input_ids": p + r, "labels": [-100] * len(p) + r, "prompt_lengths": len(p)})
+    return ReftDataCollator(pad_token_id=0)(data)

@@ -22,11 +22,12 @@ from .model import (
     ReftModel,
     ReftModelForSequenceClassification,
     get_reft_model,
+    load_adapter,
     parse_composition,
 )
 from .positions import PositionSpec, parse_positions, prompt_positions, split_counts
 from .pyreft_compat import import_pyreft
-from .save_load import load_adapter, load_reft_state_dict, reft_state_dict, save_adapter
+from .save_load import load_reft_state_dict, reft_state_dict, save_adapter
 
 __version__ = "0.1.0"
 

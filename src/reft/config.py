@@ -50,6 +50,22 @@ def parse_layers(layers: str | int | list[int] | tuple[int, ...], num_layers: in
 
 
 SPEC_FIELDS = ("layers", "component", "positions", "tied", "rank", "intervention", "dropout", "act")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_prompt_format(value: Any) -> None:
+    """``None`` or ``{"chat_template": bool, "template_sha256": 64 hex digits or None}``; other keys warn."""
+    if value is None:
+        return
+    if not isinstance(value, dict) or not isinstance(value.get("chat_template"), bool):
+        raise ValueError(f"prompt_format must be null or an object with a boolean 'chat_template', got {value!r:.80}")
+    sha = value.get("template_sha256")
+    if sha is not None and not (isinstance(sha, str) and _SHA256.match(sha)):
+        raise ValueError(f"prompt_format.template_sha256 must be null or 64 hex digits, got {sha!r:.80}")
+    unknown = sorted(set(value) - {"chat_template", "template_sha256"})
+    if unknown:
+        warnings.warn(f"ignoring unknown prompt_format keys {unknown}: written by a newer reft? upgrade reft",
+                      stacklevel=4)
 
 
 @dataclass
@@ -104,8 +120,8 @@ class Representation:
 
 
 @dataclass
-class ReftConfig:
-    """Where and how to intervene.
+class ReftConfig(Representation):
+    """Where and how to intervene: one spec (the flat fields) or several (``representations``), per adapter.
 
     Args:
         layers: ``"all"``, ``"3;9;18"`` or a list of layer indices. Default: ``"all"``
@@ -125,16 +141,11 @@ class ReftConfig:
             (the flat fields are the one spec)
         base_model: name of the base model (filled in on attach; checked on load).
         model_type, hidden_size, num_layers: the base model's (filled in on attach; checked on load).
+        prompt_format: how training prompts were rendered, ``{"chat_template": bool, "template_sha256": str | None}``
+            (the SHA-256 of the tokenizer's chat template when it was used); ``reft eval`` / ``reft generate`` use
+            it by default. None: not recorded (adapters written before it existed).
     """
 
-    layers: Any = "all"
-    component: str = "block_output"
-    positions: str = "l1"
-    tied: bool = True
-    rank: int = 4
-    intervention: str = "loreft"
-    dropout: float = 0.0
-    act: str | None = None
     dtype: str = "float32"
     layers_path: str | None = None
     representations: list[dict[str, Any]] | None = None
@@ -143,17 +154,17 @@ class ReftConfig:
     hidden_size: int | None = None
     num_layers: int | None = None
     format_version: int = field(default=FORMAT_VERSION)
+    prompt_format: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        Representation(**{k: getattr(self, k) for k in SPEC_FIELDS}).validate(self.num_layers, self.hidden_size)
-        self.layers = parse_layers(self.layers, self.num_layers)
-        self.positions = str(parse_positions(self.positions))
+        self.validate(self.num_layers, self.hidden_size)
         resolve_dtype(self.dtype)
         if self.layers_path is not None and not _LAYERS_PATH.match(str(self.layers_path)):
             raise ValueError(f"layers_path {self.layers_path!r} must be a dotted path of public attribute names, "
                              "e.g. 'model.layers'")
         if self.representations is not None:
             self.representations = [self._spec_dict(i, r) for i, r in enumerate(self.representations)]
+        _check_prompt_format(self.prompt_format)
 
     def _spec_dict(self, i: int, rep: Any) -> dict[str, Any]:
         where = f"representations[{i}]: "

@@ -1,4 +1,4 @@
-"""Supervised (prompt, response) data: tokenisation with the prompt masked, and a padding collator.
+"""Supervised (prompt, response) data: JSON Lines reading, tokenisation with the prompt masked, a padding collator.
 
 Prompt and response are tokenised separately and concatenated, so the prompt length the positions are
 computed from is exact (no merge across the boundary) and identical to what ``generate`` sees for the prompt.
@@ -6,6 +6,9 @@ computed from is exact (no merge across the boundary) and identical to what ``ge
 
 from __future__ import annotations
 
+import json
+import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +18,86 @@ import torch
 from .positions import check_positions_fit
 
 IGNORE_INDEX = -100
+
+
+class ExampleError(ValueError):
+    """An example that cannot be used; ``index`` is its position in the input list, ``reason`` the message."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"example {index}: {reason}")
+        self.index, self.reason = index, reason
+
+
+def read_jsonl_rows(path: str | os.PathLike, fields: Sequence[str] = (), *,
+                    nonempty: Sequence[str] = ()) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSON Lines file.
+
+    Every line must be UTF-8 JSON holding an object whose ``fields`` are strings, the ``nonempty`` ones with
+    some non-blank text. Errors name the file and line (``data.jsonl:7: …``) and say what to fix.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a line that breaks the rules above, or no line at all.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file" + (" (it is a folder)" if os.path.isdir(path) else ""))
+    rows = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}): "
+                                 "save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+            need = list(dict.fromkeys([*fields, *nonempty]))
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: a JSON {type(row).__name__} where an object is expected: write one "
+                                 "object per line, e.g. " + json.dumps({k: "…" for k in need or ("prompt",)}))
+            missing = [k for k in need if not isinstance(row.get(k), str)]
+            if missing:
+                raise ValueError(f"{path}:{n} lacks string field(s) {missing}: each line needs {need}")
+            empty = [k for k in nonempty if not row[k].strip()]
+            if empty:
+                raise ValueError(f"{path}:{n}: empty {', '.join(map(repr, empty))}: every example needs text there; "
+                                 "fill it in or drop the line")
+            rows.append((n, row))
+    if not rows:
+        raise ValueError(f"{path} holds no examples")
+    return rows
+
+
+def read_jsonl(path: str | os.PathLike, fields: Sequence[str] = (), *,
+               nonempty: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The objects of a JSON Lines file (see :func:`read_jsonl_rows`, which also gives their line numbers)."""
+    return [row for _, row in read_jsonl_rows(path, fields, nonempty=nonempty)]
+
+
+def model_context_length(model) -> int | None:
+    """The most tokens ``model`` takes (``max_position_embeddings`` / ``n_positions`` of its config), or None."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_fits_context(dataset: Sequence[dict[str, Any]], model) -> None:
+    """Refuse (:class:`ExampleError`) an example longer than the model's context (:func:`model_context_length`)."""
+    context = model_context_length(model)
+    if context is None:
+        return
+    for i, example in enumerate(dataset):
+        n = len(example["input_ids"])
+        if n > context:
+            raise ExampleError(i, f"{n} tokens, more than the model's context of {context}: set max_length "
+                                  f"(--max-length) to at most {context}, or shorten the example")
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -41,6 +124,27 @@ def tokenize_prompt(tokenizer, prompt: str, *, add_bos: bool | None = None) -> l
     return prompt_ids
 
 
+def _tokenize(tokenizer, prompt: str, response: str, max_length: int | None, add_eos: bool,
+              add_bos: bool | None) -> tuple[dict[str, Any], int]:
+    """The example of :func:`tokenize_example` and how many response tokens ``max_length`` cut away."""
+    prompt_ids = tokenize_prompt(tokenizer, prompt, add_bos=add_bos)
+    response_ids = _ids(tokenizer, response) + ([tokenizer.eos_token_id] if add_eos else [])
+    full = len(response_ids)
+    if max_length is not None:
+        if len(prompt_ids) >= max_length:
+            raise ValueError(f"prompt of {len(prompt_ids)} tokens does not fit max_length={max_length}: "
+                             "raise max_length or shorten the prompt")
+        response_ids = response_ids[: max_length - len(prompt_ids)]
+    if not response_ids:
+        raise ValueError("empty response: nothing to learn from this example (all labels would be masked)")
+    example = {
+        "input_ids": prompt_ids + response_ids,
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids,
+        "prompt_lengths": len(prompt_ids),
+    }
+    return example, full - len(response_ids)
+
+
 def tokenize_example(
     tokenizer, prompt: str, response: str, *, max_length: int | None = None, add_eos: bool = True,
     add_bos: bool | None = None,
@@ -58,36 +162,46 @@ def tokenize_example(
     Raises:
         ValueError: an empty prompt or response, or a prompt that alone exceeds ``max_length``.
     """
-    prompt_ids = tokenize_prompt(tokenizer, prompt, add_bos=add_bos)
-    response_ids = _ids(tokenizer, response) + ([tokenizer.eos_token_id] if add_eos else [])
-    if max_length is not None:
-        if len(prompt_ids) >= max_length:
-            raise ValueError(f"prompt of {len(prompt_ids)} tokens does not fit max_length={max_length}: "
-                             "raise max_length or shorten the prompt")
-        response_ids = response_ids[: max_length - len(prompt_ids)]
-    if not response_ids:
-        raise ValueError("empty response: nothing to learn from this example (all labels would be masked)")
-    return {
-        "input_ids": prompt_ids + response_ids,
-        "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids,
-        "prompt_lengths": len(prompt_ids),
-    }
+    return _tokenize(tokenizer, prompt, response, max_length, add_eos, add_bos)[0]
 
 
 def make_supervised_dataset(
-    tokenizer, prompts: Sequence[str], responses: Sequence[str], *, positions: str | None = None, **kwargs
+    tokenizer, prompts: Sequence[str], responses: Sequence[str], *, positions: str | None = None,
+    max_length: int | None = None, add_eos: bool = True, add_bos: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Tokenise parallel lists of prompts and responses (see :func:`tokenize_example`).
 
     Args:
         positions: the config's positions (e.g. ``"f7+l7"``); with ``max_length`` they are checked to fit a
             prompt (:func:`reft.positions.check_positions_fit`) before any tokenisation. Default: not checked.
+        max_length, add_eos, add_bos: see :func:`tokenize_example`.
+
+    Raises:
+        ExampleError: an example that cannot be used (its index named).
+
+    Warns:
+        UserWarning: responses cut to fit ``max_length``, with their count (their end, EOS included, is not learnt).
     """
+    if isinstance(prompts, str) or isinstance(responses, str):
+        raise TypeError("prompts and responses must be lists of strings, got a single string: wrap it in a list")
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses: they must pair up")
     if positions is not None:
-        check_positions_fit(positions, kwargs.get("max_length"))
-    return [tokenize_example(tokenizer, p, r, **kwargs) for p, r in zip(prompts, responses)]
+        check_positions_fit(positions, max_length)
+    dataset, cut = [], []
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        try:
+            example, lost = _tokenize(tokenizer, p, r, max_length, add_eos, add_bos)
+        except ValueError as e:
+            raise ExampleError(i, str(e)) from None
+        dataset.append(example)
+        if lost:
+            cut.append(lost)
+    if cut:
+        warnings.warn(f"{len(cut)} of {len(dataset)} responses were cut to fit max_length={max_length} (up to "
+                      f"{max(cut)} tokens lost, the EOS token with them, so the model does not learn to stop there): "
+                      "raise max_length (--max-length) or shorten those responses", stacklevel=2)
+    return dataset
 
 
 @dataclass

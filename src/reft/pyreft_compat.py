@@ -39,14 +39,13 @@ import os
 import re
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from .config import COMPONENTS, ReftConfig
 from .interventions import get_intervention_class
 from .interventions.orthogonal import INIT_SCALE
 from .positions import parse_positions
-from .save_load import WEIGHTS_NAME, atomic_directory
+from .save_load import ADAPTER_FILES, atomic_directory, write_adapter_state
 
 _FIELDS = (
     "layer component unit max_number_of_units low_rank_dimension intervention_type intervention subspace_partition "
@@ -290,7 +289,7 @@ def import_pyreft(
     if model is not None:
         from .model.layers import model_dims
         from .model.layers import model_name as _model_name
-        from .save_load import check_compatible
+        from .model.persistence import check_compatible
 
         _, num_layers = model_dims(model)
         cfg |= {"num_layers": num_layers, "model_type": getattr(model.config, "model_type", None),
@@ -302,14 +301,12 @@ def import_pyreft(
     _check_shapes(config, state)
 
     def write(tmp: str) -> None:
-        config.save(tmp)
-        save_file(state, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt", "reft": "1",
-                                                                    "converted_from": "pyreft"})
+        write_adapter_state(tmp, config, state, {"converted_from": "pyreft"})
 
     dst = os.fspath(dst_dir)
     if os.path.isdir(dst) and os.listdir(dst):
         raise FileExistsError(f"{dst} is not empty: choose a new directory for the converted adapter")
-    atomic_directory(dst, write)
+    atomic_directory(dst, write, owned=ADAPTER_FILES)
     return config
 
 

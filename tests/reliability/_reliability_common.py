@@ -82,3 +82,74 @@ def make_trainer(out_dir, *, config: ReftConfig | None = None, data=None, model=
 
 def intervention_state(trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in trainer.model.interventions.state_dict().items()}
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}"
+                 "{% if add_generation_prompt %}<a>{% endif %}")
+
+
+def byte_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
+    """A real (saveable) fast tokenizer: one token per byte (byte-level BPE without merges), pad 0, eos 1, bos 2."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<bos>", *sorted(pre_tokenizers.ByteLevel.alphabet())])}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def tiny_causal_lm(*, chat_template: str | None = CHAT_TEMPLATE, context: int = 128):
+    """``(model, tokenizer)``: a tiny random Llama sized for :func:`byte_tokenizer`, with a context of ``context``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = byte_tokenizer(chat_template)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+                         max_position_embeddings=context)
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+def save_tiny_causal_lm(path, **kwargs) -> str:
+    """:func:`tiny_causal_lm` saved with save_pretrained, for ``--model PATH`` (no download)."""
+    model, tokenizer = tiny_causal_lm(**kwargs)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def save_tiny_encoder_config(path) -> str:
+    """A BERT config.json only: enough for the CLI to tell an encoder (it reads the config before any weights)."""
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4).save_pretrained(path)
+    return str(path)
+
+
+def tree_state(root, skip=()) -> dict[str, tuple]:
+    """Every file and folder below ``root`` (but ``skip``) with its size, mtime and content hash: to show a command
+    changed nothing outside its output."""
+    import hashlib
+    import os
+
+    root, skip = os.path.abspath(root), {os.path.abspath(s) for s in skip}
+    state = {}
+    for here, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if os.path.join(here, d) not in skip]
+        for name in dirs + files:
+            path = os.path.join(here, name)
+            if path in skip:
+                continue
+            info = os.lstat(path)
+            if os.path.isfile(path):  # a folder's own mtime moves when an entry is added to it: not compared
+                with open(path, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                state[os.path.relpath(path, root)] = (info.st_mode, info.st_size, info.st_mtime_ns, digest)
+            else:
+                state[os.path.relpath(path, root)] = (info.st_mode,)
+    return state

@@ -109,6 +109,9 @@ def configs(draw):
         base_model=draw(st.one_of(st.none(), st.text(max_size=30))),
         model_type=draw(st.one_of(st.none(), st.sampled_from(["llama", "gpt2", "bert"]))),
         hidden_size=hidden, num_layers=num_layers,
+        prompt_format=draw(st.one_of(st.none(), st.fixed_dictionaries({
+            "chat_template": st.booleans(),
+            "template_sha256": st.one_of(st.none(), st.text("0123456789abcdef", min_size=64, max_size=64))}))),
     )
 
 

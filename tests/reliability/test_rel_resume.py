@@ -105,7 +105,8 @@ def test_a_save_that_fails_midway_leaves_the_last_good_checkpoint(tmp_path, unin
         trainer.train()
     assert os.listdir(tmp_path) == ["checkpoint-2"]  # no checkpoint-4, no staging folder left behind
     assert sorted(os.listdir(tmp_path / "checkpoint-2")) == sorted(
-        ["reft_config.json", WEIGHTS_NAME, "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"])
+        ["reft_config.json", WEIGHTS_NAME, "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+         "reft_run.json"])
     ReftModel.from_pretrained(tiny_llama(init=0.2), tmp_path / "checkpoint-2")  # loadable
     log = LossLog()
     make_trainer(tmp_path, callbacks=[log], frozen_cache=cache).train(
@@ -206,6 +207,9 @@ def test_save_model_into_output_dir_keeps_the_checkpoints(tmp_path):
     trainer.save_model()  # the usual HF call: adapter files next to the checkpoint folders
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", "reft_config.json", WEIGHTS_NAME]
     ReftModel.from_pretrained(tiny_llama(init=0.2), tmp_path)
+    trainer.model.save_pretrained(tmp_path)  # a folder with adapter sub-folders is an adapter folder: updated in place
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", "reft_config.json", WEIGHTS_NAME]
+    assert (tmp_path / "checkpoint-2" / "optimizer.pt").is_file()
 
 
 @pytest.mark.parametrize("greater_is_better,best_step", [(False, 6), (True, 2)])  # the loss falls: 6 lowest, 2 highest

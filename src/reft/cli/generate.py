@@ -6,7 +6,18 @@ import argparse
 import json
 import sys
 
-from .common import add_model_args, dtype_of, read_jsonl
+from .common import (
+    UserError,
+    add_model_args,
+    check_model,
+    check_output_file,
+    dtype_of,
+    located,
+    positive_float,
+    positive_int,
+    read_rows,
+    write_output_file,
+)
 
 EPILOG = """examples:
   reft generate --adapter runs/demo/adapter --prompt "Extract the city: Ana moved to Lima."
@@ -14,48 +25,71 @@ EPILOG = """examples:
   reft generate --prompt "What is the capital of France?"            # the bare model, no adapter
 
 Interventions act on the prompt positions during prefill; generated tokens see them through the KV cache.
+Prompts are built as in training (chat template or plain text, stored in the adapter) unless
+--chat-template / --no-chat-template says otherwise (a warning says when that differs from training).
 """
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate with an adapter", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
+    add_model_args(p, chat_default="as the adapter was trained; on for the bare model")
     p.add_argument("--adapter", default=None, help="adapter folder from 'reft train' (default: bare model)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts", default=None, help="JSONL file with a 'prompt' field per line")
     p.add_argument("--out", default=None, help="write JSONL {prompt, output} here (default: stdout)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")
-    p.add_argument("--num-beams", type=int, default=1, help="beam search width (default: greedy)")
-    p.add_argument("--temperature", type=float, default=None, help="sample at this temperature (default: greedy)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="(default: %(default)s)")
+    p.add_argument("--num-beams", type=positive_int, default=1, help="beam search width (default: 1, greedy)")
+    p.add_argument("--temperature", type=positive_float, default=None,
+                   help="sample at this temperature (default: greedy)")
     p.set_defaults(run=run)
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves."""
+    return "nothing was written (the outputs are written when all prompts are done)"
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..generation import generate_texts, render_chat
+    from ..data import ExampleError
+    from ..generation import format_prompts, generate_texts, resolve_chat_template
     from ..harness.models import load_model
-    from ..save_load import load_adapter
+    from ..model import load_adapter
+    from ..save_load import read_adapter
 
     prompts = list(args.prompt)
+    sources = [f"--prompt #{i + 1}" for i in range(len(prompts))]
+    empty = [s for p, s in zip(prompts, sources) if not p.strip()]
+    if empty:
+        raise UserError(f"{empty[0]} is empty: give some text to complete")
     if args.prompts:
-        prompts += [r["prompt"] for r in read_jsonl(args.prompts, ("prompt",))]
+        rows, lines = read_rows(args.prompts, "--prompts", ("prompt",), nonempty=("prompt",))
+        prompts += [r["prompt"] for r in rows]
+        sources += lines
     if not prompts:
-        raise ValueError("no prompts: give --prompt TEXT or --prompts FILE.jsonl")
+        raise UserError("no prompts: give --prompt TEXT or --prompts FILE.jsonl")
+    check_output_file(args.out, "--out")
+    check_model(args.model, causal=True, command="reft generate")
+    if args.adapter:
+        read_adapter(args.adapter)  # a missing, corrupt or diverged adapter fails before the model loads
     model, tokenizer = load_model(args.model, dtype=dtype_of(args.dtype))
     if args.adapter:
         model = load_adapter(model, args.adapter)
-    texts = [render_chat(tokenizer, p) if args.chat_template else p for p in prompts]
+    chat_template = resolve_chat_template(model, tokenizer, args.chat_template, default=True)
+    texts = format_prompts(tokenizer, prompts, chat_template)
     kwargs = {"num_beams": args.num_beams}
-    if args.temperature:
+    if args.temperature is not None:
         kwargs |= {"do_sample": True, "temperature": args.temperature}
-    outputs = generate_texts(model, tokenizer, texts, batch_size=args.batch_size,
-                             max_new_tokens=args.max_new_tokens, **kwargs)
-    sink = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     try:
-        for prompt, output in zip(prompts, outputs):
-            sink.write(json.dumps({"prompt": prompt, "output": output}, ensure_ascii=False) + "\n")
-    finally:
-        if args.out:
-            sink.close()
+        outputs = generate_texts(model, tokenizer, texts, batch_size=args.batch_size,
+                                 max_new_tokens=args.max_new_tokens, **kwargs)
+    except ExampleError as e:
+        raise located(e, sources) from None
+    lines = "".join(json.dumps({"prompt": p, "output": o}, ensure_ascii=False) + "\n"
+                    for p, o in zip(prompts, outputs))
+    if args.out:
+        write_output_file(args.out, lines)
+    else:
+        sys.stdout.write(lines)
     return 0

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from .common import dtype_of
+from .common import UserError, check_model, dtype_of, positive_float, positive_int
 
 EPILOG = """examples:
   reft serve                                          # the embedded SmolLM2, bare, on 127.0.0.1:8000
@@ -34,27 +34,27 @@ def add_parser(sub) -> None:
     p.add_argument("--served-model-name", default=None,
                    help="the base model's id in the API (default: the model's name, e.g. SmolLM2-135M-Instruct)")
     p.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
-    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    p.add_argument("--port", type=positive_int, default=8000, help="(default: %(default)s)")
     g = p.add_argument_group("batching and limits")
-    g.add_argument("--max-batch", type=int, default=64, help="most running rows (choices) at once (default: "
+    g.add_argument("--max-batch", type=positive_int, default=64, help="most running rows (choices) at once (default: "
                                                               "%(default)s)")
-    g.add_argument("--max-queue", type=int, default=256,
+    g.add_argument("--max-queue", type=positive_int, default=256,
                    help="most waiting requests; more get 429 (default: %(default)s)")
-    g.add_argument("--max-batch-tokens", type=int, default=65536,
+    g.add_argument("--max-batch-tokens", type=positive_int, default=65536,
                    help="running rows × their longest possible length stays below this (KV-cache memory) "
                         "(default: %(default)s)")
-    g.add_argument("--max-prefill-tokens", type=int, default=2048,
+    g.add_argument("--max-prefill-tokens", type=positive_int, default=2048,
                    help="padded prompt tokens prefilled in one step (default: %(default)s)")
-    g.add_argument("--request-timeout", type=float, default=600.0,
+    g.add_argument("--request-timeout", type=positive_float, default=600.0,
                    help="seconds a request may wait and run (default: %(default)s)")
-    g.add_argument("--default-max-tokens", type=int, default=1024,
+    g.add_argument("--default-max-tokens", type=positive_int, default=1024,
                    help="chat max_tokens when a request gives none (default: %(default)s; completions: 16)")
-    g.add_argument("--shutdown-timeout", type=float, default=30.0,
+    g.add_argument("--shutdown-timeout", type=positive_float, default=30.0,
                    help="on shutdown, seconds in-flight requests get to finish (default: %(default)s)")
     g.add_argument("--batching", default="mixed", choices=["mixed", "grouped", "subbatch"],
                    help="'mixed' (one running batch for all adapters); the others are the benchmark's baselines "
                         "(default: %(default)s)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-adapter-loading", dest="adapter_loading", action="store_false",
                    help="refuse POST /v1/load_adapter and /v1/unload_adapter (403)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -68,13 +68,14 @@ def parse_adapter_args(items: list[str]) -> list[tuple[str, str]]:
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name.strip() or not path.strip():
-            raise ValueError(f"--adapter {item!r}: write NAME=DIR, e.g. --adapter demo=runs/demo/adapter")
+            raise UserError(f"--adapter {item!r}: write NAME=DIR, e.g. --adapter demo=runs/demo/adapter")
         out.append((name.strip(), path.strip()))
     return out
 
 
 def run(args: argparse.Namespace) -> int:
     adapters = parse_adapter_args(args.adapter)
+    check_model(args.model, causal=True, command="reft serve")
     import torch
     import uvicorn
 

@@ -18,7 +18,6 @@ attention have a narrower ``v_proj`` (``d_v = n_kv_heads · head_dim``).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,10 +29,14 @@ from torch import nn
 from transformers import Trainer
 from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
 
-from ..data import ReftDataCollator, make_supervised_dataset
-from ..save_load import atomic_directory, atomic_write_text
-from .classification import LossLog, classification_loss, fit_classifier
-from .recipe import TrainSettings, plot_loss_curve, training_arguments
+from ..data import ReftDataCollator, check_fits_context, make_supervised_dataset
+from ..fast.loss import has_plain_lm_head
+from ..model.layers import transformers_model
+from ..save_load import atomic_directory
+from ..trainer import FiniteGuard, NonFiniteLossError, training_fingerprint
+from .classification import classification_loss, fit_classifier
+from .recipe import TrainSettings, training_arguments, write_run_outputs
+from .runs import CHECKPOINTS, claim, run_folder
 
 #: default LoRA target modules (query and value projections) per ``config.model_type``
 LORA_TARGETS: dict[str, tuple[str, ...]] = {
@@ -43,8 +46,8 @@ LORA_TARGETS: dict[str, tuple[str, ...]] = {
     "gpt2": ("c_attn",),
 }
 HEAD_FILE = "lora_head.safetensors"
-# causal LMs whose logits are exactly lm_head(last hidden state)
-_PLAIN_LM_HEAD = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "phi3", "olmo", "olmo2"}
+#: the names a LoRA adapter save writes (peft's files and the head): the only ones it replaces
+LORA_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", HEAD_FILE)
 
 
 @dataclass
@@ -103,11 +106,8 @@ def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     Equal to ``model(input_ids, attention_mask=…, labels=labels).loss`` but, for plain ``lm_head`` models, the
     vocabulary logits are computed only at positions that predict a label. Works on a peft model or a bare LM.
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = inner.config
-    plain = (getattr(cfg, "model_type", None) in _PLAIN_LM_HEAD and getattr(cfg, "final_logit_softcapping", None)
-             is None and inner.get_output_embeddings() is not None and inner.base_model is not inner)
-    if not plain:
+    inner = transformers_model(model)
+    if not has_plain_lm_head(inner):
         kwargs = {"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}
         return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
     hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
@@ -131,8 +131,8 @@ class LoraCausalTrainer(Trainer):
                                  num_items_in_batch)
         loss = outputs.loss
         if not torch.isfinite(loss.detach()).all():
-            raise RuntimeError(f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1}: lower the "
-                               "learning rate")
+            raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1}: lower "
+                                     "the learning rate")
         return (loss, outputs) if return_outputs else loss
 
 
@@ -154,21 +154,21 @@ def train_lora_causal(
         ``(peft_model, metrics)``; ``metrics["trainable_parameters"]`` counts the LoRA parameters.
     """
     settings = settings or TrainSettings()
-    os.makedirs(out_dir, exist_ok=True)
-    torch.manual_seed(settings.seed)
-    peft_model = get_lora_model(model, lora)
-    dataset = make_supervised_dataset(tokenizer, prompts, responses, max_length=settings.max_length)
-    args = training_arguments(settings, os.path.join(out_dir, "checkpoints"), progress=progress, save_strategy="no")
-    log = LossLog()
-    trainer = LoraCausalTrainer(model=peft_model, args=args, train_dataset=dataset, callbacks=[log],
-                                data_collator=ReftDataCollator(tokenizer.pad_token_id))
-    result = trainer.train()
-    peft_model.eval()
-    atomic_directory(os.path.join(out_dir, "adapter"), peft_model.save_pretrained)
-    plot_loss_curve(log.points, os.path.join(out_dir, "loss_curve.png"), title="LoRA training")
-    metrics = dict(result.metrics) | {"loss_curve": log.points, "examples": len(dataset),
-                                      "trainable_parameters": count_parameters(peft_model)}
-    atomic_write_text(os.path.join(out_dir, "train_metrics.json"), json.dumps(metrics, indent=2))
+    with run_folder(out_dir) as out_dir:
+        dataset = make_supervised_dataset(tokenizer, prompts, responses, max_length=settings.max_length)
+        check_fits_context(dataset, model)
+        torch.manual_seed(settings.seed)
+        peft_model = get_lora_model(model, lora)
+        args = training_arguments(settings, os.path.join(out_dir, CHECKPOINTS), progress=progress,
+                                  save_strategy="no")
+        trainer = LoraCausalTrainer(model=peft_model, args=args, train_dataset=dataset, callbacks=[FiniteGuard()],
+                                    data_collator=ReftDataCollator(tokenizer.pad_token_id))
+        claim(out_dir, training_fingerprint(args, dataset, peft_model))
+        result = trainer.train()
+        peft_model.eval()
+        atomic_directory(os.path.join(out_dir, "adapter"), peft_model.save_pretrained, owned=LORA_FILES)
+        metrics = write_run_outputs(out_dir, trainer.state, dict(result.metrics) | {
+            "examples": len(dataset), "trainable_parameters": count_parameters(peft_model)}, title="LoRA training")
     return peft_model, metrics
 
 
@@ -213,7 +213,7 @@ class LoraForSequenceClassification(nn.Module):
             self.model.save_pretrained(tmp)
             save_file(state, os.path.join(tmp, HEAD_FILE), metadata={"num_labels": str(self.num_labels)})
 
-        atomic_directory(directory, write)
+        atomic_directory(directory, write, owned=LORA_FILES)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, directory: str | os.PathLike) -> LoraForSequenceClassification:
@@ -237,12 +237,12 @@ def train_lora_classifier(model: nn.Module, tokenizer, task, train_examples, dev
         ``(classifier, info)`` with ``info`` as in :func:`reft.harness.classification.fit_classifier`.
     """
     settings = settings or TrainSettings()
-    os.makedirs(out_dir, exist_ok=True)
-    torch.manual_seed(settings.seed)
-    classifier = LoraForSequenceClassification(get_lora_model(model, lora), task.num_labels)
-    info = fit_classifier(classifier, tokenizer, task, train_examples, dev_examples, out_dir, settings,
-                          trainer_cls=Trainer, progress=progress)
-    classifier.save_pretrained(os.path.join(out_dir, "adapter"))
+    with run_folder(out_dir) as out_dir:
+        torch.manual_seed(settings.seed)
+        classifier = LoraForSequenceClassification(get_lora_model(model, lora), task.num_labels)
+        info = fit_classifier(classifier, tokenizer, task, train_examples, dev_examples, out_dir, settings,
+                              trainer_cls=Trainer, progress=progress)
+        classifier.save_pretrained(os.path.join(out_dir, "adapter"))
     return classifier, info
 
 

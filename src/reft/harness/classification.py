@@ -29,7 +29,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
-from .recipe import TrainSettings, training_arguments
+from ..trainer import FiniteGuard, ReftTrainer, training_fingerprint
+from .recipe import TrainSettings, loss_curve, training_arguments
+from .runs import claim, run_folder
 
 Example = dict[str, Any]
 
@@ -173,17 +175,6 @@ class SelectOnDev(TrainerCallback):
             restore_state(model, self.best_state)
 
 
-class LossLog(TrainerCallback):
-    """Collects ``(step, loss)`` from the trainer logs."""
-
-    def __init__(self) -> None:
-        self.points: list[tuple[int, float]] = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.points.append((state.global_step, float(logs["loss"])))
-
-
 def fit_classifier(
     model: nn.Module,
     tokenizer,
@@ -218,8 +209,7 @@ def fit_classifier(
         raise ValueError(f"no training examples for {task.name}")
     dataset = make_classification_dataset(tokenizer, train_examples, settings.max_length)
     args = training_arguments(settings, os.path.join(out_dir, "checkpoints"), progress=progress, save_strategy="no")
-    log = LossLog()
-    callbacks: list[TrainerCallback] = [log]
+    callbacks: list[TrainerCallback] = [] if issubclass(trainer_cls, ReftTrainer) else [FiniteGuard()]
     selector = None
     if dev_examples:
         labels = [e["label"] for e in dev_examples]
@@ -233,6 +223,7 @@ def fit_classifier(
         callbacks.append(selector)
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, callbacks=callbacks,
                           data_collator=ClassificationCollator(tokenizer.pad_token_id, task.num_labels == 1))
+    claim(out_dir, training_fingerprint(args, dataset, model) | {"dev_examples": len(dev_examples or ())})
     start = time.perf_counter()
     trainer.train()
     runtime = time.perf_counter() - start
@@ -241,7 +232,7 @@ def fit_classifier(
     model.eval()
     return {
         "train_runtime_s": round(runtime, 2),
-        "loss_curve": log.points,
+        "loss_curve": loss_curve(trainer.state),
         "dev_history": selector.history if selector else [],
         "best_epoch": selector.best_epoch if selector else None,
         "best_dev": selector.best if selector else None,
@@ -260,13 +251,12 @@ def train_reft_classifier(model: nn.Module, tokenizer, config, task, train_examp
         ``(reft_model, info)`` with ``info`` as in :func:`fit_classifier`.
     """
     from ..model import get_reft_model
-    from ..trainer import ReftTrainer
 
     settings = settings or TrainSettings()
-    os.makedirs(out_dir, exist_ok=True)
-    torch.manual_seed(settings.seed)
-    reft_model = get_reft_model(model, config, num_labels=task.num_labels)
-    info = fit_classifier(reft_model, tokenizer, task, train_examples, dev_examples, out_dir, settings,
-                          trainer_cls=ReftTrainer, progress=progress)
-    reft_model.save_pretrained(os.path.join(out_dir, "adapter"))
+    with run_folder(out_dir) as out_dir:
+        torch.manual_seed(settings.seed)
+        reft_model = get_reft_model(model, config, num_labels=task.num_labels)
+        info = fit_classifier(reft_model, tokenizer, task, train_examples, dev_examples, out_dir, settings,
+                              trainer_cls=ReftTrainer, progress=progress)
+        reft_model.save_pretrained(os.path.join(out_dir, "adapter"))
     return reft_model, info

@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from ..generation import generate_texts, render_chat
+from ..generation import format_prompts, generate_texts, resolve_chat_template
 from ..save_load import atomic_write_text
 from .classification import predict_classification
 from .tasks import TaskSpec, get_task
@@ -34,6 +34,15 @@ def _spec(task: str | TaskSpec) -> TaskSpec:
     return get_task(task) if isinstance(task, str) else task
 
 
+def _examples(spec: TaskSpec, split: str, limit: int | None, seed: int, examples: Sequence[dict] | None):
+    """``examples``, or the split loaded; never empty."""
+    if examples is None:
+        examples = spec.load(split, limit=limit, seed=seed)
+    if not examples:
+        raise ValueError(f"no examples to evaluate in {spec.name}/{split} (limit={limit})")
+    return examples
+
+
 def evaluate_generation(
     model: nn.Module,
     tokenizer,
@@ -42,7 +51,7 @@ def evaluate_generation(
     limit: int | None = None,
     batch_size: int = 16,
     max_new_tokens: int | None = None,
-    chat_template: bool = False,
+    chat_template: bool | None = None,
     *,
     seed: int = 0,
     examples: Sequence[dict] | None = None,
@@ -59,7 +68,9 @@ def evaluate_generation(
         limit: first ``limit`` examples of the split. Default: all
         batch_size: prompts per ``generate`` call.
         max_new_tokens: default :data:`MAX_NEW_TOKENS` of the task family.
-        chat_template: wrap each prompt in the tokenizer's chat template (must match training).
+        chat_template: wrap each prompt in the tokenizer's chat template. Default: what the adapter was trained
+            with (``ReftConfig.prompt_format``), else False; a value that contradicts the adapter's warns
+            (:func:`reft.generation.resolve_chat_template`).
         seed: passed to ``task.load`` (only seeded splits use it).
         examples: evaluate these instead of loading ``split``.
 
@@ -72,13 +83,11 @@ def evaluate_generation(
     if spec.format is None:
         raise ValueError(f"{spec.name} is a classification task: use evaluate_classification (or 'reft eval' with an "
                          "adapter that has a head)")
-    if examples is None:
-        examples = spec.load(split, limit=limit, seed=seed)
-    if not examples:
-        raise ValueError(f"no examples to evaluate in {spec.name}/{split} (limit={limit})")
+    examples = _examples(spec, split, limit, seed, examples)
     max_new_tokens = max_new_tokens or MAX_NEW_TOKENS.get(spec.family, 64)
     pairs = [spec.format(ex) for ex in examples]
-    texts = [render_chat(tokenizer, p) if chat_template else p for p, _ in pairs]
+    chat_template = resolve_chat_template(model, tokenizer, chat_template, default=False)
+    texts = format_prompts(tokenizer, [p for p, _ in pairs], chat_template)
     start = time.perf_counter()
     outputs = generate_texts(model, tokenizer, texts, batch_size=batch_size, max_new_tokens=max_new_tokens,
                              progress=progress, **generate_kwargs)
@@ -140,10 +149,7 @@ def evaluate_classification(
     if getattr(model, "num_labels", spec.num_labels) != spec.num_labels:
         raise ValueError(f"the model has {model.num_labels} outputs but {spec.name} needs {spec.num_labels}: "
                          "load the adapter trained on this task")
-    if examples is None:
-        examples = spec.load(split, limit=limit, seed=seed)
-    if not examples:
-        raise ValueError(f"no examples to evaluate in {spec.name}/{split} (limit={limit})")
+    examples = _examples(spec, split, limit, seed, examples)
     start = time.perf_counter()
     preds = predict_classification(model, tokenizer, examples, num_labels=spec.num_labels, batch_size=batch_size,
                                    max_length=max_length, progress=progress)
@@ -162,14 +168,6 @@ def evaluate_classification(
         "records": [{"idx": ex.get("idx", i), "label": y, "prediction": p}
                     for i, (ex, y, p) in enumerate(zip(examples, labels, preds))],
     }
-
-
-def evaluate_task(model: nn.Module, tokenizer, task: str | TaskSpec, split: str = "test", **kwargs) -> dict[str, Any]:
-    """:func:`evaluate_classification` for GLUE tasks, :func:`evaluate_generation` for the others."""
-    spec = _spec(task)
-    if spec.family == "glue":
-        return evaluate_classification(model, tokenizer, spec, split, **kwargs)
-    return evaluate_generation(model, tokenizer, spec, split, **kwargs)
 
 
 def write_results(path: str | os.PathLike, results: dict[str, Any], *, generator: str = "reft") -> Path:

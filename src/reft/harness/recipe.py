@@ -5,19 +5,24 @@ Used by ``reft train`` and the demo; everything it does is available piecewise i
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from transformers import PrinterCallback, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, TrainerState, TrainingArguments
 
 from ..config import ReftConfig
-from ..data import ReftDataCollator, make_supervised_dataset
+from ..data import ReftDataCollator, check_fits_context, make_supervised_dataset
 from ..model import ReftModel, get_reft_model
-from ..save_load import atomic_write_text
+from ..save_load import atomic_write_file, atomic_write_text
 from ..trainer import ReftTrainer
+from .runs import CHECKPOINTS, claim, last_checkpoint, run_folder
 
 
 @dataclass
@@ -39,14 +44,28 @@ class TrainSettings:
     shuffle: bool = True
     group_by_length: bool = False  # batches of similar length (less padding); still shuffled between groups
 
+    def __post_init__(self) -> None:
+        """Refuse settings that cannot train, naming the setting and its ``reft train`` flag."""
+        for name, flag, integer in (("epochs", "--epochs", False), ("lr", "--lr", False),
+                                    ("batch_size", "--batch-size", True), ("grad_accum", None, True),
+                                    ("logging_steps", None, True), ("max_length", "--max-length", True),
+                                    ("save_steps", "--save-steps", True)):
+            value = getattr(self, name)
+            if value is None and name in ("max_length", "save_steps"):
+                continue
+            number = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+            if not (number and math.isfinite(value) and value > 0):
+                kind = "integer" if integer else "finite number"
+                raise ValueError(f"{name}{f' ({flag})' if flag else ''} must be a positive {kind}, got {value!r}")
+        for name, flag in (("weight_decay", " (--weight-decay)"), ("warmup", "")):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}{flag} must be a finite number ≥ 0, got {value!r}")
 
-class _LossLog(TrainerCallback):
-    def __init__(self) -> None:
-        self.points: list[tuple[int, float]] = []
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.points.append((state.global_step, float(logs["loss"])))
+def loss_curve(state: TrainerState) -> list[tuple[int, float]]:
+    """``(step, loss)`` of every logged training loss in ``state.log_history``: after a resume, the whole run's."""
+    return [(int(e["step"]), float(e["loss"])) for e in state.log_history if "loss" in e and "step" in e]
 
 
 def training_arguments(settings: TrainSettings, output_dir: str | os.PathLike, *, progress: bool = True,
@@ -92,8 +111,18 @@ def plot_loss_curve(points: Sequence[tuple[int, float]], path: str | os.PathLike
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write_file(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
+
+
+def write_run_outputs(out_dir: str | os.PathLike, state: TrainerState, metrics: dict[str, Any], *,
+                      title: str = "ReFT training") -> dict[str, Any]:
+    """``loss_curve.png`` and ``train_metrics.json`` (with ``loss_curve``, the whole run's) into a run folder."""
+    curve = loss_curve(state)
+    plot_loss_curve(curve, os.path.join(out_dir, "loss_curve.png"), title=title)
+    metrics = metrics | {"loss_curve": curve}
+    atomic_write_text(os.path.join(out_dir, "train_metrics.json"), json.dumps(metrics, indent=2))
+    return metrics
 
 
 def train_reft(
@@ -107,43 +136,50 @@ def train_reft(
     *,
     resume: bool = False,
     progress: bool = True,
+    prompt_format: dict[str, Any] | None = None,
 ) -> tuple[ReftModel, dict]:
     """Train interventions on (prompt, response) pairs and save everything under ``out_dir``.
 
-    Writes ``out_dir/adapter`` (the adapter), ``out_dir/loss_curve.png``, ``out_dir/train_metrics.json`` and
-    Trainer checkpoints in ``out_dir/checkpoints`` when ``settings.save_steps`` is set (``resume=True`` continues
-    from the newest one).
+    Writes ``out_dir/adapter`` (the adapter), ``out_dir/loss_curve.png``, ``out_dir/train_metrics.json``,
+    ``out_dir/reft_run.json`` (the run's fingerprint) and Trainer checkpoints in ``out_dir/checkpoints`` when
+    ``settings.save_steps`` is set. ``out_dir`` belongs to one run (:mod:`reft.harness.runs`): ``resume=True``
+    continues from its newest checkpoint, which must be this run's; without it a folder holding checkpoints is
+    refused; a second process is locked out.
+
+    Args:
+        prompt_format: how ``prompts`` were rendered (:func:`reft.generation.prompt_format`), stored in the
+            adapter's config so evaluation builds prompts the same way. Default: ``config.prompt_format``.
+
+    Raises:
+        reft.harness.runs.RunFolderError: a folder this run may not use. ExampleError: an unusable example.
+        reft.trainer.NonFiniteLossError: training diverged (the last good checkpoint is named).
     """
     settings = settings or TrainSettings()
-    os.makedirs(out_dir, exist_ok=True)
-    torch.manual_seed(settings.seed)
-    reft_model = get_reft_model(model, config)
-    if settings.gradient_checkpointing:
-        reft_model.gradient_checkpointing_enable()
-    dataset = make_supervised_dataset(tokenizer, prompts, responses, max_length=settings.max_length,
-                                      positions=config.positions)
-    args = training_arguments(settings, os.path.join(out_dir, "checkpoints"), progress=progress)
-    log = _LossLog()
-    trainer = ReftTrainer(model=reft_model, args=args, train_dataset=dataset, callbacks=[log],
-                          data_collator=ReftDataCollator(tokenizer.pad_token_id))
-    if not progress:
-        trainer.remove_callback(PrinterCallback)  # logs go to the loss curve and metrics file instead
-    if not settings.shuffle:
-        trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(dataset)
-    last = _last_checkpoint(args.output_dir) if resume else None
-    result = trainer.train(resume_from_checkpoint=last)
-    reft_model.save_pretrained(os.path.join(out_dir, "adapter"))
-    plot_loss_curve(log.points, os.path.join(out_dir, "loss_curve.png"))
-    metrics = dict(result.metrics) | {"loss_curve": log.points, "examples": len(dataset),
-                                      "trainable_parameters": sum(p.numel() for p in reft_model.parameters()
-                                                                  if p.requires_grad)}
-    atomic_write_text(os.path.join(out_dir, "train_metrics.json"), json.dumps(metrics, indent=2))
+    if prompt_format is not None:
+        config = dataclasses.replace(config, prompt_format=prompt_format)
+    with run_folder(out_dir, resume=resume) as out_dir:
+        dataset = make_supervised_dataset(tokenizer, prompts, responses, max_length=settings.max_length,
+                                          positions=config.positions)
+        check_fits_context(dataset, model)
+        torch.manual_seed(settings.seed)
+        reft_model = get_reft_model(model, config)
+        if settings.gradient_checkpointing:
+            reft_model.gradient_checkpointing_enable()
+        args = training_arguments(settings, os.path.join(out_dir, CHECKPOINTS), progress=progress)
+        trainer = ReftTrainer(model=reft_model, args=args, train_dataset=dataset,
+                              data_collator=ReftDataCollator(tokenizer.pad_token_id))
+        if not progress:
+            trainer.remove_callback(PrinterCallback)  # logs go to the loss curve and metrics file instead
+        if not settings.shuffle:
+            trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(dataset)
+        claim(out_dir, trainer.run_fingerprint())
+        last = last_checkpoint(out_dir) if resume else None
+        if resume and last is None:
+            warnings.warn(f"nothing to resume in {os.path.join(out_dir, CHECKPOINTS)}: training from step 0",
+                          stacklevel=2)
+        result = trainer.train(resume_from_checkpoint=last)
+        reft_model.save_pretrained(os.path.join(out_dir, "adapter"))
+        trainable = sum(p.numel() for p in reft_model.parameters() if p.requires_grad)
+        metrics = write_run_outputs(out_dir, trainer.state, dict(result.metrics) | {
+            "examples": len(dataset), "trainable_parameters": trainable, "resumed_from": last})
     return reft_model, metrics
-
-
-def _last_checkpoint(directory: str) -> str | None:
-    if not os.path.isdir(directory):
-        return None
-    steps = [int(d.split("-")[1]) for d in os.listdir(directory) if d.startswith("checkpoint-")]
-    return os.path.join(directory, f"checkpoint-{max(steps)}") if steps else None
-

@@ -21,10 +21,11 @@ from typing import Any
 from torch import nn
 
 from ..config import ReftConfig
-from ..generation import render_chat
+from ..generation import format_prompts, prompt_format
 from .baselines import LoraSettings, count_parameters, lora_parameters
 from .evaluate import evaluate_classification, evaluate_generation, summary, write_results
 from .recipe import TrainSettings
+from .runs import run_folder
 from .tasks import TaskSpec, get_task
 
 REFT_METHODS = ("loreft", "direft", "noreft", "consreft", "lobireft", "orthodireft")
@@ -92,76 +93,78 @@ def run_task(
         raise ValueError(f"unknown method {method!r}: choose one of {list(METHODS)}")
     settings = settings or TrainSettings()
     spec, train_spec = get_task(task), get_task(train_task or task)
-    os.makedirs(out_dir, exist_ok=True)
-    base_parameters = count_parameters(model, trainable=False)
-    train_examples = subsample(train_spec.load(_train_split(train_spec)), train_limit, subset_seed)
-    result: dict[str, Any] = {
-        "task": spec.name,
-        "train_task": train_spec.name,
-        "method": method,
-        "model": model_name or getattr(model.config, "_name_or_path", None),
-        "settings": dataclasses.asdict(settings),
-        "train_examples": len(train_examples),
-        "subset_seed": subset_seed,
-        "chat_template": chat_template,
-    }
-    if method == "lora":
-        lora = lora or LoraSettings()
-        result["config"] = dataclasses.asdict(lora)
-    else:
-        reft_config = dataclasses.replace(reft_config or ReftConfig(), intervention=method)
-        result["config"] = reft_config.to_dict()
-
-    if spec.family == "glue":
-        if train_spec is not spec:
-            raise ValueError("GLUE runs train and evaluate on the same task: drop train_task")
-        seed = settings.seed
-        dev = spec.load("dev", limit=dev_limit, seed=seed)
+    with run_folder(out_dir) as out_dir:
+        base_parameters = count_parameters(model, trainable=False)
+        train_examples = subsample(train_spec.load(_train_split(train_spec)), train_limit, subset_seed)
+        result: dict[str, Any] = {
+            "task": spec.name,
+            "train_task": train_spec.name,
+            "method": method,
+            "model": model_name or getattr(model.config, "_name_or_path", None),
+            "settings": dataclasses.asdict(settings),
+            "train_examples": len(train_examples),
+            "subset_seed": subset_seed,
+            "chat_template": chat_template,
+        }
         if method == "lora":
-            from .baselines import train_lora_classifier
-
-            trained, info = train_lora_classifier(model, tokenizer, spec, train_examples, dev, out_dir, settings, lora,
-                                                  progress=progress)
-            adapter = lora_parameters(trained)
+            lora = lora or LoraSettings()
+            result["config"] = dataclasses.asdict(lora)
         else:
-            from .classification import train_reft_classifier
+            fmt = None if spec.family == "glue" else prompt_format(tokenizer, chat_template)
+            reft_config = dataclasses.replace(reft_config or ReftConfig(), intervention=method, prompt_format=fmt)
+            result["config"] = reft_config.to_dict()
 
-            trained, info = train_reft_classifier(model, tokenizer, reft_config, spec, train_examples, dev, out_dir,
-                                                  settings, progress=progress)
-            adapter = sum(p.numel() for p in trained.interventions.parameters())
-        head = sum(p.numel() for p in trained.head.parameters())
-        result["parameters"] = {"adapter": adapter, "head": head, "trainable": count_parameters(trained),
-                                "base": base_parameters}
-        result["train"] = info
-        result["dev_examples"] = len(dev)
-        if evaluate:
-            result["eval"] = evaluate_classification(trained, tokenizer, spec, eval_split, seed=seed, limit=eval_limit,
-                                                     max_length=settings.max_length, progress=progress)
-    else:
-        pairs = [train_spec.format(ex) for ex in train_examples]
-        prompts = [render_chat(tokenizer, p) if chat_template else p for p, _ in pairs]
-        responses = [t for _, t in pairs]
-        if method == "lora":
-            from .baselines import train_lora_causal
+        if spec.family == "glue":
+            if train_spec is not spec:
+                raise ValueError("GLUE runs train and evaluate on the same task: drop train_task")
+            seed = settings.seed
+            dev = spec.load("dev", limit=dev_limit, seed=seed)
+            if method == "lora":
+                from .baselines import train_lora_classifier
 
-            trained, metrics = train_lora_causal(model, tokenizer, prompts, responses, out_dir, settings, lora,
-                                                 progress=progress)
-            adapter = lora_parameters(trained)
+                trained, info = train_lora_classifier(model, tokenizer, spec, train_examples, dev, out_dir, settings,
+                                                      lora, progress=progress)
+                adapter = lora_parameters(trained)
+            else:
+                from .classification import train_reft_classifier
+
+                trained, info = train_reft_classifier(model, tokenizer, reft_config, spec, train_examples, dev,
+                                                      out_dir, settings, progress=progress)
+                adapter = sum(p.numel() for p in trained.interventions.parameters())
+            head = sum(p.numel() for p in trained.head.parameters())
+            result["parameters"] = {"adapter": adapter, "head": head, "trainable": count_parameters(trained),
+                                    "base": base_parameters}
+            result["train"] = info
+            result["dev_examples"] = len(dev)
+            if evaluate:
+                result["eval"] = evaluate_classification(trained, tokenizer, spec, eval_split, seed=seed,
+                                                         limit=eval_limit, max_length=settings.max_length,
+                                                         progress=progress)
         else:
-            from .recipe import train_reft
+            pairs = [train_spec.format(ex) for ex in train_examples]
+            prompts = format_prompts(tokenizer, [p for p, _ in pairs], chat_template)
+            responses = [t for _, t in pairs]
+            if method == "lora":
+                from .baselines import train_lora_causal
 
-            trained, metrics = train_reft(model, tokenizer, reft_config, prompts, responses, out_dir, settings,
-                                          progress=progress)
-            adapter = sum(p.numel() for p in trained.interventions.parameters())
-        trained.eval()
-        result["parameters"] = {"adapter": adapter, "head": 0, "trainable": adapter, "base": base_parameters}
-        result["train"] = {"train_runtime_s": metrics.get("train_runtime"), "loss_curve": metrics["loss_curve"],
-                           "examples": metrics["examples"]}
-        if evaluate:
-            result["eval"] = evaluate_generation(trained, tokenizer, spec, eval_split, limit=eval_limit,
-                                                 batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
-                                                 chat_template=chat_template, progress=progress)
-    write_results(os.path.join(out_dir, "results.json"), result, generator=f"{result['model']}-{method}")
+                trained, metrics = train_lora_causal(model, tokenizer, prompts, responses, out_dir, settings, lora,
+                                                     progress=progress)
+                adapter = lora_parameters(trained)
+            else:
+                from .recipe import train_reft
+
+                trained, metrics = train_reft(model, tokenizer, reft_config, prompts, responses, out_dir, settings,
+                                              progress=progress)
+                adapter = sum(p.numel() for p in trained.interventions.parameters())
+            trained.eval()
+            result["parameters"] = {"adapter": adapter, "head": 0, "trainable": adapter, "base": base_parameters}
+            result["train"] = {"train_runtime_s": metrics.get("train_runtime"), "loss_curve": metrics["loss_curve"],
+                               "examples": metrics["examples"]}
+            if evaluate:
+                result["eval"] = evaluate_generation(trained, tokenizer, spec, eval_split, limit=eval_limit,
+                                                     batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
+                                                     chat_template=chat_template, progress=progress)
+        write_results(os.path.join(out_dir, "results.json"), result, generator=f"{result['model']}-{method}")
     return result
 
 

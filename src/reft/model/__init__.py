@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 from torch import nn
 
@@ -31,5 +32,16 @@ def get_reft_model(model: nn.Module, config: ReftConfig | None = None, *, num_la
     return ReftModel(model, config, adapter_name=adapter_name, freeze_base=freeze_base)
 
 
+def load_adapter(model: nn.Module, directory: str | os.PathLike, *, is_trainable: bool = False) -> ReftModel:
+    """Wrap ``model`` with the adapter saved in ``directory`` (:meth:`ReftModel.from_pretrained`).
+
+    Args:
+        model: the base model the adapter was trained on (checked: architecture, hidden size, depth).
+        directory: an adapter directory written by ``save_pretrained``.
+        is_trainable: keep the interventions trainable (e.g. to continue training). Default: False (eval mode).
+    """
+    return ReftModel.from_pretrained(model, directory, is_trainable=is_trainable)
+
+
 __all__ = ["BASE", "ClassificationHead", "ReftModel", "ReftModelForSequenceClassification", "get_reft_model",
-           "parse_composition"]
+           "load_adapter", "parse_composition"]

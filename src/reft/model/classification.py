@@ -8,7 +8,8 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..config import ReftConfig
-from .reft_model import _CLASSIFIER, ReftModel
+from .persistence import _CLASSIFIER
+from .reft_model import ReftModel
 
 
 class ClassificationHead(nn.Module):

@@ -13,7 +13,6 @@ compositions of them (:mod:`reft.model.compose`); each row is edited at its own 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -23,10 +22,9 @@ from ..config import ReftConfig
 from ..fast import engine
 from ..fast.frozen_cache import FrozenBatch, FrozenCache, stochastic_modules
 from ..fast.loss import has_plain_lm_head
-from ..positions import prompt_positions
-from .adapter import Adapter, AdapterView
+from .adapter import Adapter
 from .compose import BASE, Composition, check_adapter_name, parse_composition
-from .hooks import InterventionContext, Part, Placement, Plan, register_intervention_hook
+from .hooks import InterventionContext, Part, Plan, register_intervention_hook
 from .layers import (
     cache_name,
     component_module,
@@ -36,23 +34,11 @@ from .layers import (
     model_name,
     transformers_model,
 )
-
-AdapterEntry = str | Sequence[tuple[str, float]] | None
-
-
-def prompt_lengths_from_labels(attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``[B]`` prompt lengths implied by ``labels``: the attended tokens before a row's first label."""
-    labelled = labels != -100
-    start = attention_mask.long().argmax(1)  # first attended token
-    first = torch.where(labelled.any(1), labelled.long().argmax(1), start + attention_mask.long().sum(1))
-    lengths = first - start
-    if bool((lengths <= 0).any()):
-        raise ValueError("labels start at a row's first token, so no prompt is left to intervene on: mask the prompt "
-                         "with -100 in labels (reft.data.make_supervised_dataset does) or pass prompt_lengths")
-    return lengths
+from .persistence import SaveLoadMixin
+from .plan import AdapterEntry, build_plan, plan_rows, prompt_lengths_from_labels
 
 
-class ReftModel(nn.Module):
+class ReftModel(SaveLoadMixin, nn.Module):
     """A frozen base model whose hidden states are edited by interventions at prompt positions.
 
     Attribute access falls through to the base model (``reft_model.config``, ``.device``, …).
@@ -86,7 +72,9 @@ class ReftModel(nn.Module):
         self._hook_handles: dict = {}
         self._generating: tuple[Plan | None, int] | None = None
         self.cache_key = cache_name(transformers_model(model))  # looked up once, not per forward
-        # training loss: chunk the frozen prompt prefix (see reft.fast.engine); False = one plain forward
+        # the training engine (reft.fast, docs/engine.md): False = every loss is the base model's plain forward;
+        # finer switches: split_frozen_prefix (the chunking) and frozen_cache = None (the reuse across epochs)
+        self.fast_training = True
         self.split_frozen_prefix = True
         self._frozen_cache: FrozenCache | None = None
         self._reuse_frozen = True
@@ -267,38 +255,11 @@ class ReftModel(nn.Module):
     # ---- the edit plan of one call -------------------------------------------------------------------------
     def _plan(self, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None,
               adapter_names: Sequence[AdapterEntry] | None) -> Plan | None:
-        """Which rows each adapter spec edits, at which positions, with which weight (see :mod:`.hooks`)."""
+        """Which rows each adapter spec edits, at which positions, with which weight (see :mod:`.plan`)."""
         if not self._ctx.enabled:
             return None
-        batch = attention_mask.shape[0]
-        if adapter_names is None:
-            rows_of = {name: (list(range(batch)), [1.0] * batch) for name in self.active_adapters}
-        else:
-            if isinstance(adapter_names, str) or len(adapter_names) != batch:
-                raise ValueError(f"adapter_names must be a list with one entry per row ({batch}), got "
-                                 f"{adapter_names!r}")
-            rows_of = {}
-            for row, entry in enumerate(adapter_names):
-                for name, weight in self.parse_adapter_spec(entry):
-                    rows, weights = rows_of.setdefault(name, ([], []))
-                    rows.append(row)
-                    weights.append(weight)
-        plan: Plan = {}
-        positions_of: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
-        device = attention_mask.device
-        for name in sorted(rows_of):
-            rows, weights = rows_of[name]
-            every = len(rows) == batch
-            index = None if every else torch.tensor(rows, device=device)
-            weight = None if all(w == 1.0 for w in weights) else torch.tensor(weights, device=device)
-            mask = attention_mask if every else attention_mask[index]
-            lengths = prompt_lengths if every or prompt_lengths is None else torch.as_tensor(prompt_lengths)[index]
-            for j, spec in enumerate(self.adapters[name].config.specs):
-                key = (spec.positions, tuple(rows))
-                if key not in positions_of:
-                    positions_of[key] = prompt_positions(mask, lengths, spec.positions)
-                plan[(name, j)] = Placement(positions_of[key], index, weight)
-        return plan or None
+        rows = plan_rows(attention_mask.shape[0], self.active_adapters, adapter_names, self.parse_adapter_spec)
+        return build_plan({n: self.adapters[n].config for n in rows}, rows, attention_mask, prompt_lengths)
 
     @contextlib.contextmanager
     def editing(self, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None = None,
@@ -343,7 +304,7 @@ class ReftModel(nn.Module):
         if labels is not None and prompt_lengths is None:
             prompt_lengths = prompt_lengths_from_labels(attention_mask, labels)
         plan = self._plan(attention_mask, prompt_lengths, adapter_names)
-        if labels is not None and plan is not None and not kwargs:
+        if labels is not None and plan is not None and not kwargs and self.fast_training:
             trainable_base = any(p.requires_grad for p in self.model.parameters())  # one scan per forward
             if self._fast_loss_ok(trainable_base, plan):
                 frozen = None if trainable_base or adapter_names is not None else self._frozen_batch(
@@ -452,59 +413,3 @@ class ReftModel(nn.Module):
             self._ctx.plan = None
             for m, training in modes:
                 m.training = training
-
-    # ---- persistence ---------------------------------------------------------------------------------------
-    def _view(self, name: str) -> AdapterView:
-        return AdapterView(self.adapters[name], getattr(self, "num_labels", None))
-
-    def save_pretrained(self, directory: str | os.PathLike, selected_adapters: Sequence[str] | None = None,
-                        is_main_process: bool = True, **_: object) -> None:
-        """Write each adapter as ``reft_config.json`` + ``reft_model.safetensors`` (see :mod:`reft.save_load`):
-        ``default`` in ``directory`` itself, every other adapter in ``directory/<name>`` (peft's layout)."""
-        from ..save_load import save_adapter
-
-        if not is_main_process:
-            return
-        names = list(self.adapters) if selected_adapters is None else list(selected_adapters)
-        unknown = [n for n in names if n not in self.adapters]
-        if unknown:
-            raise ValueError(f"unknown adapter {unknown[0]!r}: loaded adapters are {list(self.adapters)}")
-        for name in sorted(names, key=lambda n: n != "default"):  # the top level first: it may replace the folder
-            save_adapter(self._view(name), directory if name == "default" else os.path.join(directory, name))
-
-    def load_adapter(self, directory: str | os.PathLike, adapter_name: str = "default", *,
-                     is_trainable: bool = False) -> None:
-        """Add the adapter saved in ``directory`` under ``adapter_name``; refuses one trained on another base model.
-        It is frozen unless ``is_trainable``; it becomes active only if no adapter is active yet."""
-        from ..save_load import check_compatible, load_reft_state_dict, read_adapter
-
-        config, state, _ = read_adapter(directory)
-        check_compatible(config, self.model)
-        self.add_adapter(adapter_name, config, trainable=is_trainable)
-        try:
-            load_reft_state_dict(self._view(adapter_name), state)
-        except BaseException:
-            self.delete_adapter(adapter_name)
-            raise
-        if not is_trainable:
-            self.adapters[adapter_name].eval()
-
-    @classmethod
-    def from_pretrained(cls, model: nn.Module, directory: str | os.PathLike, adapter_name: str = "default", *,
-                        is_trainable: bool = False, **kwargs) -> ReftModel:
-        """Wrap ``model`` with the adapter saved in ``directory`` (named ``adapter_name``); a classifier adapter
-        gives a :class:`reft.ReftModelForSequenceClassification`. Refuses a mismatched base model."""
-        from ..save_load import read_adapter
-
-        _, _, metadata = read_adapter(directory)
-        if "num_labels" in metadata and not hasattr(cls, "head"):
-            cls = _CLASSIFIER[0]
-            kwargs["num_labels"] = int(metadata["num_labels"])
-        wrapper = cls(model, **kwargs)
-        wrapper.load_adapter(directory, adapter_name, is_trainable=is_trainable)
-        if not is_trainable:
-            wrapper.eval()
-        return wrapper
-
-
-_CLASSIFIER: list[type[ReftModel]] = []  # filled by reft.model.classification (a registry, not an import cycle)

@@ -10,12 +10,18 @@ Example::
     examples = spec.load("test", limit=8)
     prompt, target = spec.format(examples[0])
     correct = spec.score("... The answer is 18.", examples[0])
+
+Data caveats: hellaswag's test split is ``test_reconstructed.jsonl``, an approximate rebuild (WikiHow markup
+missing; dev = the ReFT 4k dev set); ``math_data_3k`` is the LLM-Adapters 3.2K set, not MATH10K (about 23% of its
+rationales end in a wrong answer); ``math_10k`` is the ReFT hyper-parameter dev set (919 items of MATH10K); gsm8k's
+train split is the original OpenAI train set converted to rationale + "The answer is n."; qnli has no train split;
+alpaca_eval has no local scorer (write outputs with ``write_alpaca_eval_outputs`` and run ``alpaca_eval``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from functools import partial
 
 from reft.harness.tasks import alpaca, commonsense, glue
@@ -48,7 +54,6 @@ class TaskSpec:
         num_labels: GLUE: number of classes (1 = regression).
         metric: GLUE: ``metric(preds, labels) -> dict[str, float]``.
         main_metric: GLUE: the headline key of ``metric``'s result.
-        note: Caveats about the data (approximate files, missing splits).
     """
 
     name: str
@@ -60,17 +65,6 @@ class TaskSpec:
     num_labels: int | None = None
     metric: Callable[[Sequence[float], Sequence[float]], dict[str, float]] | None = None
     main_metric: str | None = None
-    note: str = field(default="", compare=False)
-
-
-_NOTES = {
-    "hellaswag": "test = test_reconstructed.jsonl, an approximate rebuild (WikiHow markup missing); dev = ReFT 4k dev",
-    "math_data_3k": "LLM-Adapters 3.2K set, not MATH10K; about 23% of its rationales end in a wrong answer",
-    "math_10k": "ReFT hyper-parameter dev set (919 items of MATH10K); the MATH10K train file is not available",
-    "gsm8k": "train = original OpenAI GSM8K train, converted to rationale + 'The answer is n.'",
-    "qnli": "no train split in the shared data",
-    "alpaca_eval": "no local scorer: write outputs with write_alpaca_eval_outputs and run alpaca_eval",
-}
 
 
 def _build_registry() -> dict[str, TaskSpec]:
@@ -108,7 +102,7 @@ def _build_registry() -> dict[str, TaskSpec]:
         load=alpaca.load_ultrafeedback,
         format=alpaca.format_instruction,
     )
-    return {name: replace(spec, note=_NOTES.get(name, "")) for name, spec in tasks.items()}
+    return tasks
 
 
 #: name -> TaskSpec for every task of the suite

@@ -5,10 +5,11 @@ Nothing here knows about a particular benchmark; the per-family modules build on
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
+
+from reft.data import read_jsonl as _read_jsonl
 
 DATA_ENV_VAR = "REFT_DATA"
 
@@ -80,9 +81,11 @@ def read_jsonl(relative: str) -> list[Example]:
 
     Returns:
         One dict per non-empty line, in file order.
+
+    Raises:
+        ValueError: a line that is not a JSON object (file and line named).
     """
-    with data_path(relative).open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    return _read_jsonl(data_path(relative))
 
 
 def take(records: list[Example], limit: int | None) -> list[Example]:

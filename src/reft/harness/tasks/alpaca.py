@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from reft.generation import render_chat
 from reft.harness.tasks._io import Example, alpaca_prompt, check_split, read_jsonl, take
+from reft.save_load import atomic_write_text
 
 ALPACA_EVAL_FILES = {"test": "instruction/alpaca_eval/test.jsonl"}
 ULTRAFEEDBACK_FILES = {"train": "instruction/ultrafeedback_1k/train.jsonl"}
@@ -35,8 +36,7 @@ def format_instruction_prompt(instruction: str, tokenizer: Any | None = None) ->
         The prompt text (not tokenized).
     """
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": instruction}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render_chat(tokenizer, instruction)
     return alpaca_prompt(instruction)
 
 
@@ -105,8 +105,8 @@ def write_alpaca_eval_outputs(
     """Writes model outputs as the JSON list read by ``alpaca_eval --model_outputs``.
 
     Each record needs ``instruction`` and ``output``; its ``dataset`` is kept (``"alpaca_eval"`` if absent) and
-    ``generator`` is set to ``generator_name``. The file is written to a temporary sibling and moved into
-    place with :func:`os.replace`, so readers never see a partial file.
+    ``generator`` is set to ``generator_name``. The file is written atomically
+    (:func:`reft.save_load.atomic_write_text`), so readers never see a partial file.
 
     Args:
         path: Destination ``.json`` file; parent directories are created.
@@ -119,17 +119,5 @@ def write_alpaca_eval_outputs(
     rows = [_output_record(r, generator_name) for r in records]
     destination = Path(path)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            json.dump(rows, handle, ensure_ascii=False, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, destination)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    atomic_write_text(destination, json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
     return destination

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DECODERS, tiny_gpt2, tiny_llama
-from test_model import _lm_batch, _nonzero_init, _shared_prefix_batch
+from conftest import DECODERS, lm_batch, nonzero_init, shared_prefix_batch, tiny_gpt2, tiny_llama
 
 from reft import ReftConfig, get_reft_model
 from reft.data import ReftDataCollator
@@ -16,9 +15,9 @@ pytestmark = pytest.mark.exact
 
 
 BATCHES = {
-    "random": lambda: _lm_batch(prompt=9),  # rows differ from the first token: no shared prefix
-    "shared": lambda: _shared_prefix_batch(8),  # an 8-token prefix shared by every row
-    "short": lambda: _shared_prefix_batch(4, prompts=(6, 2, 9)),
+    "random": lambda: lm_batch(prompt=9),  # rows differ from the first token: no shared prefix
+    "shared": lambda: shared_prefix_batch(8),  # an 8-token prefix shared by every row
+    "short": lambda: shared_prefix_batch(4, prompts=(6, 2, 9)),
 }
 
 
@@ -57,7 +56,7 @@ def test_replay_gives_the_same_loss_and_gradients(arch, attn, layers, positions,
         model = DECODERS[arch]()
         model.config._attn_implementation = attn
         reft_model = get_reft_model(model, ReftConfig(layers=layers, positions=positions, rank=2, tied=False))
-        _nonzero_init(reft_model)
+        nonzero_init(reft_model)
         reft_model.split_frozen_prefix = split
         if not use_cache:
             reft_model.frozen_cache = None
@@ -92,11 +91,11 @@ def test_batch_padded_beyond_its_longest_row():
     """Padding to a fixed length (``padding="max_length"``, ``pad_to_multiple_of``): capture and replay still equal
     the model without the cache."""
     batch = {k: F.pad(v, (0, 3), value=-100 if k == "labels" else 0) if v.dim() == 2 else v
-             for k, v in _lm_batch().items()}
+             for k, v in lm_batch().items()}
     results = []
     for use_cache in (False, True):
         reft_model = get_reft_model(tiny_llama(), ReftConfig(layers=[1], positions="l1", rank=2))
-        _nonzero_init(reft_model)
+        nonzero_init(reft_model)
         if not use_cache:
             reft_model.frozen_cache = None
         for _ in range(1 + use_cache):  # with the cache: capture, then replay
@@ -146,7 +145,7 @@ def test_cache_stays_unused_where_it_would_not_be_exact(case):
     model = tiny_gpt2() if case == "dropout" else tiny_llama()
     reft_model = get_reft_model(model, ReftConfig(layers=[1], positions="l1", rank=2),
                                 freeze_base=case != "unfrozen_base")
-    batch = _lm_batch()
+    batch = lm_batch()
     if case == "left_padding":
         batch = _left_padded(batch)
     elif case == "dropout":  # GPT-2's embedding/attention/residual dropout (0.1) is random in training mode
@@ -162,7 +161,7 @@ def test_cache_stays_unused_where_it_would_not_be_exact(case):
 
 def test_cache_respects_its_size_bound():
     reft_model = get_reft_model(tiny_llama(), ReftConfig(layers=[1], positions="l1", rank=2))
-    batch = _lm_batch()  # 4 rows of 10-11 tokens, d = 32, fp32: 1280-1408 bytes each
+    batch = lm_batch()  # 4 rows of 10-11 tokens, d = 32, fp32: 1280-1408 bytes each
     reft_model.frozen_cache.max_bytes = 3000
     reft_model(**batch)
     assert len(reft_model.frozen_cache) == 2 and reft_model.frozen_cache.nbytes <= 3000

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DECODERS, ENCODERS, random_batch, tiny_bert, tiny_llama
+from conftest import (
+    DECODERS,
+    ENCODERS,
+    lm_batch,
+    nonzero_init,
+    random_batch,
+    shared_prefix_batch,
+    tiny_bert,
+    tiny_llama,
+)
 from torch import nn
 
 from reft import ReftConfig, get_reft_model
 from reft.data import ReftDataCollator
 from reft.fast import engine
 from reft.model.layers import find_layers
-
-
-def _nonzero_init(reft_model):
-    torch.manual_seed(1)
-    for p in reft_model.intervention_parameters():
-        if p.dim() == 1:
-            nn.init.normal_(p)
 
 
 def _hidden(model, ids, mask):
@@ -33,7 +35,7 @@ def test_only_chosen_positions_and_layers_change(arch, side, tied):
     base_model = model
     layer = 1
     reft_model = get_reft_model(model, ReftConfig(layers=[layer], positions="f1+l2", tied=tied, rank=4))
-    _nonzero_init(reft_model)
+    nonzero_init(reft_model)
     pad = model.config.pad_token_id
     ids, mask = random_batch([7, 3, 1], side, pad=pad)
     with reft_model.disable_interventions():
@@ -66,7 +68,7 @@ def test_only_chosen_positions_and_layers_change(arch, side, tied):
 def test_components(arch, component):
     model = DECODERS[arch]()
     reft_model = get_reft_model(model, ReftConfig(layers=[1], component=component, positions="l1", rank=2))
-    _nonzero_init(reft_model)
+    nonzero_init(reft_model)
     ids, mask = random_batch([5, 5])
     with reft_model.disable_interventions():
         base = reft_model(ids, attention_mask=mask).logits
@@ -136,21 +138,11 @@ def test_train_eval_reach_interventions():
     assert all(m.training for m in reft_model.interventions.modules())
 
 
-def _lm_batch(n_examples=4, prompt=6, response=4, seed=1, vocab=64):
-    g = torch.Generator().manual_seed(seed)
-    data = []
-    for i in range(n_examples):
-        p = torch.randint(3, vocab, (prompt + i % 2,), generator=g).tolist()
-        r = torch.randint(3, vocab, (response,), generator=g).tolist()
-        data.append({"input_ids": p + r, "labels": [-100] * len(p) + r, "prompt_lengths": len(p)})
-    return ReftDataCollator(pad_token_id=0)(data)
-
-
 @pytest.mark.parametrize("arch", sorted(DECODERS))
 def test_sparse_loss_equals_full_logits_loss(arch):
     reft_model = get_reft_model(DECODERS[arch](), ReftConfig(layers=[1], positions="f1+l1", rank=2))
-    _nonzero_init(reft_model)
-    batch = _lm_batch()
+    nonzero_init(reft_model)
+    batch = lm_batch()
     fast = reft_model(**batch)
     assert fast.logits is None  # vocabulary logits only at label positions
     with reft_model.editing(batch["attention_mask"], batch["prompt_lengths"]):
@@ -165,7 +157,7 @@ def test_sparse_loss_equals_full_logits_loss(arch):
 def test_memorisation_drives_loss_near_zero():
     model = tiny_llama(layers=4, hidden=64, init=0.2)
     reft_model = get_reft_model(model, ReftConfig(layers="all", positions="f3+l3", tied=False, rank=16))
-    batch = _lm_batch()
+    batch = lm_batch()
     opt = torch.optim.AdamW(reft_model.intervention_parameters(), lr=2e-2)
     first = None
     for _ in range(120):
@@ -183,29 +175,17 @@ def test_gradient_checkpointing_same_gradients(arch):
     for checkpointing in (False, True):
         model = DECODERS[arch]()
         reft_model = get_reft_model(model, ReftConfig(layers=[0, 2], positions="f2+l2", tied=False, rank=2))
-        _nonzero_init(reft_model)
+        nonzero_init(reft_model)
         if checkpointing:
             reft_model.gradient_checkpointing_enable()
             base = reft_model.model
             assert getattr(base, "is_activation_checkpointing", None) or base.is_gradient_checkpointing
         reft_model.train()
-        reft_model(**_lm_batch()).loss.backward()
+        reft_model(**lm_batch()).loss.backward()
         grads.append({n: p.grad.clone() for n, p in reft_model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7)
-
-
-def _shared_prefix_batch(prefix: int, prompts=(6, 2, 9), response=4):
-    """Rows that start with the same ``prefix`` tokens (a system prompt), then differ."""
-    g = torch.Generator().manual_seed(3)
-    head = torch.randint(3, 64, (prefix,), generator=g).tolist()
-    data = []
-    for n in prompts:
-        p = head + torch.randint(3, 64, (n,), generator=g).tolist()
-        r = torch.randint(3, 64, (response,), generator=g).tolist()
-        data.append({"input_ids": p + r, "labels": [-100] * len(p) + r, "prompt_lengths": len(p)})
-    return ReftDataCollator(pad_token_id=0)(data)
 
 
 def _prompt_is_prefix_batch():
@@ -243,20 +223,20 @@ def test_chunked_loss_is_exact(arch, attn, positions, batch_kind, expect_offset,
         model = DECODERS[arch]()
         model.config._attn_implementation = attn
         reft_model = get_reft_model(model, ReftConfig(layers=[0, 2], positions=positions, rank=2, tied=False))
-        _nonzero_init(reft_model)
+        nonzero_init(reft_model)
         reft_model.split_frozen_prefix = chunked
         embed = model.get_input_embeddings()
         embed.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
         if batch_kind == "random":
-            batch = _lm_batch(prompt=9)  # prompts of 9 and 10 tokens
+            batch = lm_batch(prompt=9)  # prompts of 9 and 10 tokens
         elif batch_kind == "shared":
-            batch = _shared_prefix_batch(8)
+            batch = shared_prefix_batch(8)
         elif batch_kind == "long_prefix":
-            batch = _shared_prefix_batch(12, prompts=(3, 5, 1), response=3)
+            batch = shared_prefix_batch(12, prompts=(3, 5, 1), response=3)
         elif batch_kind == "prompt_is_prefix":
             batch = _prompt_is_prefix_batch()
         else:
-            batch = _shared_prefix_batch(4, prompts=(6, 2, 9))
+            batch = shared_prefix_batch(4, prompts=(6, 2, 9))
         seen.clear()
         out = reft_model(**batch)
         out.loss.backward()
