@@ -268,6 +268,7 @@ class Scheduler:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._queued = 0
+        self._joining = 0  # requests taken from the queue whose rows are not in a lane yet (being prefilled)
         self._lanes: dict[object, Lane] = {}
         self._active: object = None  # the running adapter under policy "grouped"
         self._accepting = False
@@ -314,7 +315,7 @@ class Scheduler:
 
     @property
     def busy(self) -> bool:
-        return bool(self.running or self._queued)
+        return bool(self.running or self._queued or self._joining)
 
     def submit(self, request: Request) -> None:
         """Queue a request (from the event loop). Raises :class:`ShuttingDown` or :class:`QueueFull`."""
@@ -457,13 +458,18 @@ class Scheduler:
             rows += req.rows
             longest = new_longest
             prefill_width, prefill_rows = width, prefill_rows + len(req.prompts)
+            self._joining += 1  # before it leaves the queue count: `busy` never sees it in neither
             self._dequeue()
         self._waiting = kept
         return picked
 
     def _step(self) -> None:
-        for key, reqs in self._admit().items():
-            self._prefill(key, reqs)
+        admitted = self._admit()  # counts them in _joining
+        try:
+            for key, reqs in admitted.items():
+                self._prefill(key, reqs)
+        finally:
+            self._joining = 0
         for lane in list(self._lanes.values()):
             if len(lane):
                 self._decode(lane)
