@@ -310,6 +310,9 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=1200.0, help="no re-measuring after this many seconds")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load.json"))
     args = ap.parse_args()
+    # SIGTERM (and SIGINT, which a shell's background job ignores) end the run through `finally`: servers stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     clients = [int(x) for x in args.clients.split(",")]
     modes = args.modes.split(",")
     t0 = time.perf_counter()
