@@ -53,9 +53,9 @@ BATCHING = {"mixed": "mixed", "bare": "mixed", "grouped": "grouped", "subbatch":
 REQUESTS = {1: 9, 4: 18, 16: 48, 64: 128}  # per run (a multiple of the 9 models where it can be)
 
 
-def make_adapters(root: Path, count: int) -> list[Path]:
+def make_adapters(root: Path, count: int) -> tuple[list[Path], dict]:
     """``count`` LoReFT adapters of the demo's shape for SmolLM2 (random weights: serving cost does not depend on
-    them), saved under ``root``."""
+    them), saved under ``root``; and :func:`prefill_cost` measured on them."""
     import torch
 
     from reft import ReftConfig, get_reft_model
@@ -71,7 +71,41 @@ def make_adapters(root: Path, count: int) -> list[Path]:
             torch.nn.init.normal_(p, std=0.02)
         reft_model.save_pretrained(root, selected_adapters=[f"a{i}"])  # → root/a{i} (peft's layout)
         paths.append(root / f"a{i}")
-    return paths
+    return paths, prefill_cost(reft_model, count)
+
+
+def prefill_cost(reft_model, count: int, rounds: int = 6) -> dict:
+    """CPU seconds (this process, 1 thread) of the server's prefill call, mixed over ``count`` adapters + base vs
+    bare, for 1 and 16 prompts of 50 tokens, alternating; medians. The prefill is the only call in which mixed and
+    bare requests differ (decode steps are the same bare-model call), and CPU time, unlike wall time, hardly moves
+    when other processes share the machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {}
+    try:
+        for rows in (1, 16):
+            ids = torch.randint(100, 10_000, (rows, 50), generator=torch.Generator().manual_seed(rows))
+            mask = torch.ones_like(ids)
+            names = {"bare": [None] * rows,
+                     "mixed": [None if i % (count + 1) == count else [(f"a{i % (count + 1)}", 1.0)]
+                               for i in range(rows)]}
+            if rows == 1:
+                names["mixed"] = [[("a0", 1.0)]]
+            times: dict[str, list[float]] = {"bare": [], "mixed": []}
+            for r in range(rounds):
+                for mode in ("bare", "mixed") if r % 2 == 0 else ("mixed", "bare"):
+                    c0 = time.process_time()
+                    with torch.inference_mode():
+                        reft_model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1),
+                                   adapter_names=names[mode], use_cache=True, logits_to_keep=1)
+                    times[mode].append(time.process_time() - c0)
+            med = {m: statistics.median(v) for m, v in times.items()}
+            out[str(rows)] = {"cpu_s": med, "mixed / bare": med["mixed"] / med["bare"], "all": times}
+    finally:
+        torch.set_num_threads(threads)
+    return out
 
 
 def prompts(count: int) -> list[str]:
@@ -285,6 +319,11 @@ def table(result: dict) -> str:
              "|---|---|---|---|"]
     for n, r in result["ratios"].items():
         rows.append(f"| {n} | {r['mixed / bare']:.3f} | {r['mixed / grouped']:.2f} | {r['mixed / subbatch']:.2f} |")
+    pre = result.get("prefill_cpu")
+    if pre:
+        rows += ["", "Prefill CPU time (the one call where mixed and bare differ; 1 thread, medians): " + "; ".join(
+            f"{k} prompt(s) mixed {v['cpu_s']['mixed']:.3f} s vs bare {v['cpu_s']['bare']:.3f} s "
+            f"(÷ {v['mixed / bare']:.3f})" for k, v in pre.items()) + "."]
     res = result.get("resident")
     if res and res.get("fit_in_24_gib"):
         run = res["run_16_clients_over_64_adapters"]
@@ -317,7 +356,9 @@ def main() -> None:
     modes = args.modes.split(",")
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="reft-serve-load-"))
-    adapters = make_adapters(work, ADAPTERS)
+    adapters, prefill = make_adapters(work, ADAPTERS)
+    print("prefill CPU s, mixed vs bare: " + ", ".join(f"{k} row(s): {v['cpu_s']['mixed']:.3f} vs "
+                                                       f"{v['cpu_s']['bare']:.3f}" for k, v in prefill.items()))
     texts = prompts(64)
     from transformers import AutoTokenizer
 
@@ -392,7 +433,7 @@ def main() -> None:
         "prompt_tokens_mean": statistics.fmean(lengths), "prompt_tokens_range": [min(lengths), max(lengths)],
         "new_tokens": args.new_tokens, "requests_per_run": {str(n): REQUESTS.get(n, 2 * n) for n in clients},
         "run_limit_s": args.run_limit, "failed_total": sum(r["failed"] for r in runs),
-        "ratios": ratios, "resident": resident, "wall_s": time.perf_counter() - t0,
+        "ratios": ratios, "prefill_cpu": prefill, "resident": resident, "wall_s": time.perf_counter() - t0,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "httpx2": httpx2.__version__, "python": platform.python_version()},
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
