@@ -71,7 +71,35 @@ def make_adapters(root: Path, count: int) -> tuple[list[Path], dict]:
             torch.nn.init.normal_(p, std=0.02)
         reft_model.save_pretrained(root, selected_adapters=[f"a{i}"])  # → root/a{i} (peft's layout)
         paths.append(root / f"a{i}")
-    return paths, prefill_cost(reft_model, count)
+    cost = prefill_cost(reft_model, count)
+    return paths, cost | {"adapter_memory": adapter_memory(reft_model, paths[0], 500)}
+
+
+def adapter_memory(reft_model, path: Path, count: int) -> dict:
+    """Resident memory per loaded adapter: RSS of this process before and after loading ``count`` copies of ``path``
+    (``malloc_trim`` first, so that freed heap pages do not hide or inflate the growth), and the parameter bytes."""
+    import ctypes
+    import gc
+
+    libc = ctypes.CDLL("libc.so.6")
+
+    def rss_kib() -> float:
+        gc.collect()
+        libc.malloc_trim(0)
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    before = rss_kib()
+    t0 = time.perf_counter()
+    for k in range(count):
+        reft_model.load_adapter(path, adapter_name=f"m{k}")
+    seconds = (time.perf_counter() - t0) / count
+    after = rss_kib()
+    params = sum(p.numel() * p.element_size() for p in reft_model.adapters["m0"].parameters())
+    for k in range(count):
+        reft_model.delete_adapter(f"m{k}")
+    return {"loaded": count, "rss_kib_per_adapter": (after - before) / count, "parameter_kib": params / 1024,
+            "load_s_in_process": seconds}
 
 
 def prefill_cost(reft_model, count: int, rounds: int = 6) -> dict:
@@ -276,7 +304,7 @@ async def load(url: str, models: list[str], texts: list[str], clients: int, tota
 
 
 def resident_phase(server: Server, adapters: list[Path], count: int, texts: list[str], new_tokens: int,
-                   limit_s: float) -> dict:
+                   limit_s: float, memory: dict) -> dict:
     """Load ``count`` more adapters at run time; per-load time, memory per adapter; then a 16-client run over 64."""
     import httpx2
 
@@ -292,14 +320,14 @@ def resident_phase(server: Server, adapters: list[Path], count: int, texts: list
                 raise RuntimeError(f"load_adapter r{k}: {r.status_code} {r.text}")
         server_side = [m.get("reft", {}).get("parameters") for m in http.get(server.url + "/v1/models").json()["data"]]
     rss1 = server.rss_mib()
-    per_adapter_mib = (rss1 - rss0) / count
+    per_adapter_mib = memory["rss_kib_per_adapter"] / 1024  # measured in-process (the server's RSS moves with its KV)
     models = [f"r{k}" for k in range(0, count, max(1, count // 64))][:64] + ["__base__"]
     run = asyncio.run(load(server.url, models, texts, 16, 3 * len(models), new_tokens, limit_s, server))
     total_gib = 24.0
     return {
         "loaded": count, "load_s_p50": statistics.median(times), "load_s_p99": percentile(times, 99),
         "load_s_mean": statistics.fmean(times), "rss_before_mib": rss0, "rss_after_mib": rss1,
-        "per_adapter_kib": 1024 * per_adapter_mib, "adapter_parameters": server_side[1],
+        "per_adapter_kib": 1024 * per_adapter_mib, "adapter_parameters": server_side[1], "memory": memory,
         "fit_in_24_gib": int((total_gib * 1024 - rss1) / per_adapter_mib) + count if per_adapter_mib > 0 else None,
         "run_16_clients_over_64_adapters": {k: v for k, v in run.items() if k != "records"},
     }
@@ -323,7 +351,7 @@ def table(result: dict) -> str:
     if pre:
         rows += ["", "Prefill CPU time (the one call where mixed and bare differ; 1 thread, medians): " + "; ".join(
             f"{k} prompt(s) mixed {v['cpu_s']['mixed']:.3f} s vs bare {v['cpu_s']['bare']:.3f} s "
-            f"(÷ {v['mixed / bare']:.3f})" for k, v in pre.items()) + "."]
+            f"(÷ {v['mixed / bare']:.3f})" for k, v in pre.items() if k != "adapter_memory") + "."]
     res = result.get("resident")
     if res and res.get("fit_in_24_gib"):
         run = res["run_16_clients_over_64_adapters"]
@@ -358,7 +386,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="reft-serve-load-"))
     adapters, prefill = make_adapters(work, ADAPTERS)
     print("prefill CPU s, mixed vs bare: " + ", ".join(f"{k} row(s): {v['cpu_s']['mixed']:.3f} vs "
-                                                       f"{v['cpu_s']['bare']:.3f}" for k, v in prefill.items()))
+                                                       f"{v['cpu_s']['bare']:.3f}" for k, v in prefill.items()
+                                                       if k != "adapter_memory"), prefill["adapter_memory"])
     texts = prompts(64)
     from transformers import AutoTokenizer
 
@@ -406,7 +435,7 @@ def main() -> None:
         resident = None
         if args.resident and "mixed" in servers:
             resident = resident_phase(servers["mixed"], adapters, args.resident, texts, args.new_tokens,
-                                      args.run_limit)
+                                      args.run_limit, prefill["adapter_memory"])
             print(json.dumps({k: v for k, v in resident.items()}, indent=1), flush=True)
     finally:
         for srv in by_batching.values():
