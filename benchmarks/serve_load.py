@@ -367,14 +367,16 @@ def main() -> None:
     ap.add_argument("--clients", default="1,4,16,64")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of each server (default: %(default)s)")
-    ap.add_argument("--run-limit", type=float, default=150.0, help="seconds one run may issue requests for")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads of each server (default: %(default)s: steadiest on a shared 2-core box, and a "
+                         "2-thread server used 1.04 CPU/s at 1-4 clients anyway)")
+    ap.add_argument("--run-limit", type=float, default=45.0, help="seconds one run may issue requests for")
     ap.add_argument("--resident", type=int, default=1000, help="adapters to load at run time (0: skip)")
     ap.add_argument("--repeats", type=int, default=2, choices=[1, 2], help="runs of mixed and bare per client count")
-    ap.add_argument("--disturbed", type=float, default=0.25,
+    ap.add_argument("--disturbed", type=float, default=1.2,
                     help="a run during which other processes took more CPU seconds per second than this is measured "
                          "again, up to twice (default: %(default)s)")
-    ap.add_argument("--budget", type=float, default=1200.0, help="no re-measuring after this many seconds")
+    ap.add_argument("--budget", type=float, default=600.0, help="no re-measuring after this many seconds")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load.json"))
     args = ap.parse_args()
     # SIGTERM (and SIGINT, which a shell's background job ignores) end the run through `finally`: servers stopped
