@@ -31,6 +31,7 @@ from reft.harness.classification import (
 )
 from reft.harness.evaluate import evaluate_classification
 from reft.harness.recipe import TrainSettings, training_arguments
+from reft.harness.runs import RunFolderError
 from reft.harness.suite import paper_glue_setup, run_task, subsample
 from reft.harness.tasks import get_task
 from reft.harness.tasks.glue import PAPER_GLUE, PAPER_GLUE_SHARED
@@ -161,11 +162,15 @@ def test_base_dropout_off_keeps_lora_dropout():
 def test_run_task_records_base_dropout_and_refuses_another_runs_folder(tmp_path):
     tok = WordTokenizer(vocab=VOCAB)
     settings = TrainSettings(epochs=1, lr=1e-2, batch_size=8, max_length=32, group_by_length=True)
-    result = run_task(tiny_bert(), tok, "rte", "loreft", tmp_path / "off", settings=settings,
+    result = run_task(tiny_bert(), tok, "rte", "loreft", tmp_path / "on", settings=settings,
                       reft_config=ReftConfig(layers="all", positions="f3", rank=1), train_limit=16, dev_limit=8,
-                      eval_limit=8, progress=False, base_dropout=False)
-    assert result["base_dropout"] is False and result["train"]["base_dropout"] is False
-    assert json.loads((tmp_path / "off" / "reft_run.json").read_text())["base_dropout"] is False
+                      eval_limit=8, progress=False, base_dropout=True)
+    assert result["base_dropout"] is True and result["train"]["base_dropout"] is True
+    assert json.loads((tmp_path / "on" / "reft_run.json").read_text())["base_dropout"] is True
+    with pytest.raises(RunFolderError, match="base_dropout"):  # the same folder for the other choice: another run
+        run_task(tiny_bert(), tok, "rte", "loreft", tmp_path / "on", settings=settings,
+                 reft_config=ReftConfig(layers="all", positions="f3", rank=1), train_limit=16, dev_limit=8,
+                 evaluate=False, progress=False, base_dropout=False)
     default = run_task(tiny_bert(), tok, "rte", "loreft", tmp_path / "default", settings=settings,
                        reft_config=ReftConfig(layers="all", positions="f3", rank=1), train_limit=16, dev_limit=8,
                        evaluate=False, progress=False)
@@ -173,7 +178,7 @@ def test_run_task_records_base_dropout_and_refuses_another_runs_folder(tmp_path)
 
 
 def test_cli_and_harness_agree_on_the_base_dropout_default():
-    assert (train_cmd.BASE_DROPOUT_DEFAULT == "on") is BASE_DROPOUT
+    assert (train_cmd.BASE_DROPOUT_DEFAULT == "on") is BASE_DROPOUT is False
 
 
 # ---- the paper's per-task settings -------------------------------------------------------------------------------
@@ -218,10 +223,10 @@ def test_cli_paper_hparams_fill_what_is_not_given():
         PAPER_GLUE_SHARED["rank"], "all", False, 32, 256, 0.0)
     assert args.group_by_length is True and args.base_dropout == train_cmd.BASE_DROPOUT_DEFAULT
     given = _parsed(["--task", "cola", "--model", "minilm", "--paper-hparams", "--lr", "1e-3", "--positions", "f1",
-                     "--batch-size", "8", "--warmup-ratio", "0", "--no-group-by-length", "--base-dropout", "off",
+                     "--batch-size", "8", "--warmup-ratio", "0", "--no-group-by-length", "--base-dropout", "on",
                      "--out", "o"])
     assert (given.lr, given.positions, given.batch_size, given.warmup_ratio) == (1e-3, "f1", 8, 0.0)
-    assert given.group_by_length is False and given.base_dropout == "off" and given.dropout == hp.dropout
+    assert given.group_by_length is False and given.base_dropout == "on" and given.dropout == hp.dropout
     lora = _parsed(["--task", "cola", "--model", "minilm", "--paper-hparams", "--method", "lora", "--out", "o"])
     assert lora.lora_dropout == hp.dropout
     plain = _parsed(["--task", "cola", "--model", "minilm", "--out", "o"])
@@ -273,7 +278,7 @@ def test_cli_glue_paper_hparams_end_to_end(tmp_path, capsys):
     tok.save_pretrained(tmp_path / "bert")
     out = tmp_path / "run"
     code = cli_main(["train", "--task", "mrpc", "--model", str(tmp_path / "bert"), "--paper-hparams", "--epochs", "1",
-                     "--limit", "12", "--eval-limit", "6", "--max-length", "64", "--base-dropout", "off",
+                     "--limit", "12", "--eval-limit", "6", "--max-length", "64", "--base-dropout", "on",
                      "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     result = json.loads((out / "results.json").read_text())
@@ -281,7 +286,7 @@ def test_cli_glue_paper_hparams_end_to_end(tmp_path, capsys):
     assert result["settings"]["lr"] == hp.lr and result["settings"]["warmup"] == hp.warmup_ratio
     assert result["settings"]["batch_size"] == 32 and result["settings"]["group_by_length"] is True
     assert result["config"]["positions"] == "f3" and result["config"]["rank"] == 1
-    assert result["config"]["dropout"] == hp.dropout and result["base_dropout"] is False
+    assert result["config"]["dropout"] == hp.dropout and result["base_dropout"] is True
     assert result["train"]["steps"] == 1 and result["eval"]["n"] == 6
 
 

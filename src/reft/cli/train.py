@@ -50,7 +50,7 @@ LoReFT's: give --lr for lora/probe (picked on the dev half).
 
 #: the frozen base's dropout during GLUE training unless --base-dropout says otherwise: the CLI's spelling of
 #: reft.harness.classification.BASE_DROPOUT (the choice and its measurement are in docs/results.md)
-BASE_DROPOUT_DEFAULT = "on"
+BASE_DROPOUT_DEFAULT = "off"
 #: what an option not given on the command line means without --paper-hparams
 PLAIN_DEFAULTS = {"layers": "all", "rank": 4, "dropout": 0.0, "batch_size": 8, "weight_decay": 0.0,
                   "max_length": 512, "warmup_ratio": 0.0, "tied": True}
@@ -114,7 +114,7 @@ def add_parser(sub) -> None:
                    help="batches of similar length (transformers' LengthGroupedSampler; default: on for GLUE tasks)")
     c.add_argument("--base-dropout", choices=["on", "off"], default=None,
                    help="the frozen base model's dropout during training: on (as in pyreft) or off "
-                        f"(default: {BASE_DROPOUT_DEFAULT}; measured in docs/results.md)")
+                        f"(default: {BASE_DROPOUT_DEFAULT}; the measurement is in docs/results.md)")
     lo = p.add_argument_group("LoRA (with --method lora)")
     lo.add_argument("--lora-rank", type=positive_int, default=8, help="(default: %(default)s)")
     lo.add_argument("--lora-alpha", type=positive_float, default=16.0, help="(default: %(default)s)")
