@@ -1,6 +1,6 @@
 """The paper's GLUE protocol on the embedded MiniLM-L6 (issue 16 §1): LoReFT, DiReFT, LoRA and the probe, 3 seeds.
 
-    nice -n 10 python experiments/glue_paper.py --estimate          # the plan and its time on this machine
+    nice -n 10 python experiments/glue_paper.py --measure --estimate  # the plan and its time on this machine
     nice -n 10 python experiments/glue_paper.py                     # everything (about a day on 1 thread)
     nice -n 10 python experiments/glue_paper.py --tasks mrpc,rte    # a part; rerun the same command to resume
     python experiments/glue_paper.py --smoke                        # every code path on tiny subsets (minutes)
@@ -36,7 +36,6 @@ import json
 import shutil
 import statistics
 import sys
-import time
 
 from _common import RESULTS, RUNS, run_once, setup
 
@@ -93,10 +92,9 @@ class Sweep:
                             eval_limit=SMOKE["eval_limit"] if smoke else None, progress=False, model_name="minilm",
                             base_dropout=self.args.base_dropout == "on")
 
-        t0 = time.perf_counter()
+        had = self.path(task, method, lr, seed).is_file()
         r = run_once(self.path(task, method, lr, seed), go)
-        fresh = time.perf_counter() - t0 > 1
-        print(f"{'ran' if fresh else 'had'} {task} {method} lr={lr:g} seed {seed}: dev {r['train']['best_dev']:.4f} "
+        print(f"{'had' if had else 'ran'} {task} {method} lr={lr:g} seed {seed}: dev {r['train']['best_dev']:.4f} "
               f"(epoch {r['train']['best_epoch']}), test {r['eval']['score']:.4f}, {r['wall_s']} s", flush=True)
         return r
 
@@ -154,8 +152,39 @@ def markdown(summary: dict, methods) -> str:
     return "\n".join(lines)
 
 
+def measure(args, examples: int = 192) -> dict:
+    """Training throughput (padded tokens / s) of each method on each task: one epoch of ``examples`` training
+    examples (6 steps of 32) through the same path as the sweep, nothing evaluated. Written to
+    ``results/glue_paper_smoke/throughput.json``."""
+    import tempfile
+
+    out: dict = {}
+    for task in args.tasks.split(","):
+        for method in args.methods.split(","):
+            model, tokenizer = load_model("minilm")
+            settings, config, lora = paper_glue_setup(task, method, seed=TUNE_SEED, epochs=1)
+            with tempfile.TemporaryDirectory() as tmp:
+                r = run_task(model, tokenizer, task, method, f"{tmp}/run", settings=settings, reft_config=config,
+                             lora=lora, train_limit=examples, dev_limit=8, evaluate=False, progress=False,
+                             model_name="minilm", base_dropout=args.base_dropout == "on")
+            t = r["train"]
+            out.setdefault(task, {})[method] = {"padded_tokens_per_s": t["padded_tokens_per_epoch"] /
+                                                t["train_runtime_s"], "examples_per_s": t["examples"] /
+                                                t["train_runtime_s"], "train_s": t["train_runtime_s"]}
+            print(f"{task} {method}: {out[task][method]['padded_tokens_per_s']:.0f} padded tokens/s, "
+                  f"{out[task][method]['examples_per_s']:.1f} examples/s", flush=True)
+    path = RESULTS / "glue_paper_smoke" / "throughput.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    path.write_text(json.dumps({"threads": torch.get_num_threads(), "examples": examples, "rates": out},
+                               indent=1) + "\n")
+    return out
+
+
 def estimate(args) -> None:
-    """The plan's runs and their time from the throughput (padded tokens per second) of finished runs."""
+    """The plan's runs and their time from the measured throughput (``--measure``; measured now if missing);
+    also written to ``results/glue_paper_smoke/estimate.md`` (docs/results.md shows it)."""
     import torch
     from transformers import AutoTokenizer
     from transformers.trainer_pt_utils import get_length_grouped_indices
@@ -165,37 +194,41 @@ def estimate(args) -> None:
     from reft.harness.suite import subsample
     from reft.harness.tasks import get_task
 
-    rates: dict[str, list[float]] = {}
-    for folder in (RESULTS / "glue_paper", RESULTS / "glue_paper_smoke"):
-        for p in folder.glob("*/*.json"):
-            r = json.loads(p.read_text())
-            if "train" in r and r["train"].get("padded_tokens_per_epoch"):
-                tokens = r["train"]["padded_tokens_per_epoch"] * r["settings"]["epochs"]
-                rates.setdefault(r["method"], []).append(tokens / r["train"]["train_runtime_s"])
-    if not rates:
-        print("no finished runs to measure throughput from: run --smoke first")
-        return
-    rate = {m: statistics.median(v) for m, v in rates.items()}
-    print("measured training throughput (padded tokens / s, median over finished runs):",
-          {m: round(v) for m, v in rate.items()})
+    path = RESULTS / "glue_paper_smoke" / "throughput.json"
+    measured = json.loads(path.read_text())["rates"] if path.is_file() else measure(args)
+    # per method, the median over tasks: a 6-step timing on a shared machine is noisy, and padded tokens per second
+    # hardly depend on the task at these lengths (13–78 tokens)
+    rate_of = {m: statistics.median(measured[t][m]["padded_tokens_per_s"] for t in measured if m in measured[t])
+               for m in {m for t in measured for m in measured[t]}}
+    print("padded tokens / s per method (median over tasks):", {m: round(v) for m, v in sorted(rate_of.items())})
     tok = AutoTokenizer.from_pretrained(minilm_path())
-    total, n_runs = 0.0, 0
+    total, n_runs, lines = 0.0, 0, []
     for task in args.tasks.split(","):
-        rows = make_classification_dataset(tok, subsample(get_task(task).load("train"), TRAIN_LIMIT[task], 0), 256)
+        spec = get_task(task)
+        rows = make_classification_dataset(tok, subsample(spec.load("train"), TRAIN_LIMIT[task], 0), 256)
         lengths = [len(r["input_ids"]) for r in rows]
         order = get_length_grouped_indices(lengths, 32, generator=torch.Generator().manual_seed(0))
         padded = sum(max(lengths[i] for i in order[s:s + 32]) * len(order[s:s + 32]) for s in range(0, len(order), 32))
+        dev = make_classification_dataset(tok, spec.load("dev", seed=TUNE_SEED), 256, with_labels=False)
+        test = make_classification_dataset(tok, spec.load("test", seed=TUNE_SEED), 256, with_labels=False)
         epochs = args.epochs or EPOCHS[task]
         for method in args.methods.split(","):
-            r = rate.get(method) or statistics.median(rate.values())
-            per_run = padded * epochs / r
+            rate = rate_of[method]
+            # scoring: a forward without autograd, taken as 3× the training rate (length-sorted batches of 64)
+            scoring = (epochs * sum(len(r["input_ids"]) for r in dev) + sum(len(r["input_ids"]) for r in test)) / (
+                3 * rate)
+            per_run = padded * epochs / rate + scoring + 10  # + model load
             runs = len(lr_grid(task, method, args.tune_reft)) + len(args.seeds.split(",")) - 1
             total += runs * per_run
             n_runs += runs
-            print(f"{task:5s} {method:6s}: {len(rows)} examples, {padded} padded tokens/epoch, {epochs:g} epochs, "
-                  f"{runs} runs x {per_run / 60:.0f} min")
-    print(f"in all: {n_runs} runs, {total / 3600:.1f} h of training at the measured rates (one process, "
-          f"{torch.get_num_threads()} thread); dev/test scoring adds a few percent")
+            lines.append(f"| {task} | {method} | {len(rows)} | {padded:,} | {epochs:g} | {rate:.0f} | {runs} | "
+                         f"{per_run / 60:.0f} | {runs * per_run / 3600:.1f} |")
+    text = "\n".join(["| task | method | train examples | padded tokens / epoch | epochs | tokens/s | runs | "
+                      "min / run | h |", "|---|---|---:|---:|---:|---:|---:|---:|---:|", *lines, "",
+                      f"In all: {n_runs} runs, {total / 3600:.1f} h in one process on {torch.get_num_threads()} "
+                      "thread(s) at the measured rates."])
+    print(text)
+    (RESULTS / "glue_paper_smoke" / "estimate.md").write_text(text + "\n")
 
 
 def main() -> int:
@@ -207,10 +240,15 @@ def main() -> int:
     ap.add_argument("--tune-reft", action="store_true", help="grid the ReFT rates too (×⅓, ×1, ×3 the paper's)")
     ap.add_argument("--base-dropout", choices=["on", "off"], default="on" if BASE_DROPOUT else "off")
     ap.add_argument("--smoke", action="store_true", help=f"tiny subsets {SMOKE}, results/glue_paper_smoke/")
-    ap.add_argument("--estimate", action="store_true", help="print the plan and its time; train nothing")
+    ap.add_argument("--measure", action="store_true",
+                    help="measure each method's training throughput on each task (6 steps each, a few minutes)")
+    ap.add_argument("--estimate", action="store_true", help="print the plan and its time (measures if needed)")
     args = ap.parse_args()
+    if args.measure:
+        measure(args)
     if args.estimate:
         estimate(args)
+    if args.measure or args.estimate:
         return 0
     sweep = Sweep(args)
     tasks, methods = args.tasks.split(","), args.methods.split(",")

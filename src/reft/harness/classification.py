@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import Trainer, TrainerCallback
+from transformers import PrinterCallback, Trainer, TrainerCallback
 
 from ..trainer import FiniteGuard, ReftTrainer, training_fingerprint
 from .recipe import TrainSettings, loss_curve, training_arguments
@@ -282,6 +282,8 @@ def fit_classifier(
         callbacks.append(selector)
     collator = ClassificationCollator(tokenizer.pad_token_id, task.num_labels == 1)
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, callbacks=callbacks, data_collator=collator)
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # the logs go to the loss curve instead
     claim(out_dir, training_fingerprint(args, dataset, model) | {"dev_examples": len(dev_examples or ()),
                                                                   "base_dropout": base_dropout_active})
     start = time.perf_counter()
