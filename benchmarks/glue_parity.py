@@ -279,7 +279,8 @@ def compare(runs: dict[str, list[dict]], plans: list[dict]) -> dict:
             metrics = spec.metric(x["predictions"], labels)
             row[name] = {"metrics": metrics, "score": metrics[spec.main_metric],
                          "epoch_mean_loss": epoch_means(x["loss_curve"], steps), "first_loss": x["loss_curve"][0][1],
-                         "train_s": x["train_s"], "examples_per_s": x["examples_per_s"]}
+                         "train_s": x["train_s"], "examples_per_s": x["examples_per_s"],
+                         "grad_norms_first_steps": x["grad_norms"][:4]}
         for peer in peers:
             p = runs[peer][k]
             diffs = [a[1] - b[1] for a, b in zip(r["loss_curve"], p["loss_curve"])]
@@ -437,7 +438,7 @@ def main(argv=None) -> int:
     (OUT / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
     chart(runs, OUT / f"{args.name}.png",
           f"{args.task}: reft vs pyreft, LoReFT r{args.rank} {args.positions}, {len(first['train'])} examples, "
-          f"{args.epochs:g} epochs")
+          f"{args.epochs:g} epochs" + (" (smoke run)" if "smoke" in args.name else ""))
     print(json.dumps({k: summary[k] for k in summary if k != "per_seed"} | {"wall_s": result["wall_s"]}, indent=1))
     return 0
 

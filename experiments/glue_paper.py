@@ -182,6 +182,12 @@ def measure(args, examples: int = 192) -> dict:
     return out
 
 
+def _slots(lengths: list[int], order: list[int], batch: int = 32) -> int:
+    """Token slots (width × rows) of the batches of ``batch`` consecutive examples of ``order``."""
+    chunks = (order[s:s + batch] for s in range(0, len(order), batch))
+    return sum(max(lengths[i] for i in chunk) * len(chunk) for chunk in chunks)
+
+
 def estimate(args) -> None:
     """The plan's runs and their time from the measured throughput (``--measure``; measured now if missing);
     also written to ``results/glue_paper_smoke/estimate.md`` (docs/results.md shows it)."""
@@ -202,13 +208,17 @@ def estimate(args) -> None:
                for m in {m for t in measured for m in measured[t]}}
     print("padded tokens / s per method (median over tasks):", {m: round(v) for m, v in sorted(rate_of.items())})
     tok = AutoTokenizer.from_pretrained(minilm_path())
-    total, n_runs, lines = 0.0, 0, []
+    total, n_runs, lines, batching = 0.0, 0, [], []
     for task in args.tasks.split(","):
         spec = get_task(task)
         rows = make_classification_dataset(tok, subsample(spec.load("train"), TRAIN_LIMIT[task], 0), 256)
         lengths = [len(r["input_ids"]) for r in rows]
         order = get_length_grouped_indices(lengths, 32, generator=torch.Generator().manual_seed(0))
-        padded = sum(max(lengths[i] for i in order[s:s + 32]) * len(order[s:s + 32]) for s in range(0, len(order), 32))
+        padded = _slots(lengths, order)
+        shuffled = _slots(lengths, torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist())
+        first = int(paper_hyperparameters(task).positions[1:])
+        batching.append(f"| {task} | {len(rows)} | {sum(lengths):,} | {shuffled:,} | {padded:,} | "
+                        f"{sum(n < 2 * first for n in lengths)} |")
         dev = make_classification_dataset(tok, spec.load("dev", seed=TUNE_SEED), 256, with_labels=False)
         test = make_classification_dataset(tok, spec.load("test", seed=TUNE_SEED), 256, with_labels=False)
         epochs = args.epochs or EPOCHS[task]
@@ -227,8 +237,12 @@ def estimate(args) -> None:
                       "min / run | h |", "|---|---|---:|---:|---:|---:|---:|---:|---:|", *lines, "",
                       f"In all: {n_runs} runs, {total / 3600:.1f} h in one process on {torch.get_num_threads()} "
                       "thread(s) at the measured rates."])
-    print(text)
+    pad = "\n".join(["| task | train examples | real tokens / epoch | padded, random batches of 32 | padded, "
+                     "length-grouped | examples shorter than 2p tokens |", "|---|---:|---:|---:|---:|---:|",
+                     *batching])
+    print(text + "\n\n" + pad)
     (RESULTS / "glue_paper_smoke" / "estimate.md").write_text(text + "\n")
+    (RESULTS / "glue_paper_smoke" / "batching.md").write_text(pad + "\n")
 
 
 def main() -> int:

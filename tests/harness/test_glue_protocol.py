@@ -221,7 +221,7 @@ def test_cli_paper_hparams_fill_what_is_not_given():
     assert (args.lr, args.dropout, args.warmup_ratio, args.positions) == (hp.lr, hp.dropout, hp.warmup_ratio, "f3")
     assert (args.rank, args.layers, args.tied, args.batch_size, args.max_length, args.weight_decay) == (
         PAPER_GLUE_SHARED["rank"], "all", False, 32, 256, 0.0)
-    assert args.group_by_length is True and args.base_dropout == train_cmd.BASE_DROPOUT_DEFAULT
+    assert args.group_by_length is True and args.base_dropout == train_cmd.BASE_DROPOUT_DEFAULT and args.epochs == 10
     given = _parsed(["--task", "cola", "--model", "minilm", "--paper-hparams", "--lr", "1e-3", "--positions", "f1",
                      "--batch-size", "8", "--warmup-ratio", "0", "--no-group-by-length", "--base-dropout", "on",
                      "--out", "o"])
@@ -230,7 +230,8 @@ def test_cli_paper_hparams_fill_what_is_not_given():
     lora = _parsed(["--task", "cola", "--model", "minilm", "--paper-hparams", "--method", "lora", "--out", "o"])
     assert lora.lora_dropout == hp.dropout
     plain = _parsed(["--task", "cola", "--model", "minilm", "--out", "o"])
-    assert (plain.rank, plain.batch_size, plain.warmup_ratio, plain.dropout, plain.tied) == (4, 8, 0.0, 0.0, True)
+    assert (plain.rank, plain.batch_size, plain.warmup_ratio, plain.dropout, plain.tied, plain.epochs) == (
+        4, 8, 0.0, 0.0, True, 3.0)
     assert plain.group_by_length is True  # GLUE tasks batch by length
     data = _parsed(["--data", "x.jsonl", "--out", "o"])
     assert data.group_by_length is False and data.max_length == 512

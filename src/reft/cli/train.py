@@ -25,7 +25,7 @@ EPILOG = """examples:
   reft train --task boolq --limit 500 --eval-limit 200 --out runs/boolq --no-chat-template
   reft train --task svamp --train-task math_data_3k --limit 300 --eval-limit 200 --out runs/svamp --method lora
   reft train --task sst2 --model minilm --limit 2000 --positions f1 --rank 1 --lr 2e-3 --out runs/sst2 --seed 1
-  reft train --task mrpc --model minilm --paper-hparams --epochs 10 --seed 42 --out runs/mrpc
+  reft train --task mrpc --model minilm --paper-hparams --seed 42 --out runs/mrpc
   reft train --task rte --model minilm --paper-hparams --method probe --lr 2e-3 --out runs/rte-probe
 
 The data file has one JSON object per line: {"prompt": "...", "response": "..."}. Prompts are wrapped in the
@@ -44,15 +44,15 @@ half and report on the held-out test half. --method lora trains the LoRA baselin
 --method probe the head alone on the frozen encoder. GLUE batches are grouped by length (--no-group-by-length:
 random batches). --paper-hparams fills every option not given with the paper's GLUE protocol
 (reft.harness.tasks.glue.PAPER_GLUE): rank 1, all layers, untied, the task's positions, dropout, learning rate
-and warm-up ratio, batch 32, weight decay 0, linear schedule, max length 256. The paper's learning rates are
-LoReFT's: give --lr for lora/probe (picked on the dev half).
+and warm-up ratio, batch 32, weight decay 0, linear schedule, max length 256, 10 epochs. The paper's learning
+rates are LoReFT's: give --lr for lora/probe (picked on the dev half).
 """
 
 #: the frozen base's dropout during GLUE training unless --base-dropout says otherwise: the CLI's spelling of
 #: reft.harness.classification.BASE_DROPOUT (the choice and its measurement are in docs/results.md)
 BASE_DROPOUT_DEFAULT = "off"
 #: what an option not given on the command line means without --paper-hparams
-PLAIN_DEFAULTS = {"layers": "all", "rank": 4, "dropout": 0.0, "batch_size": 8, "weight_decay": 0.0,
+PLAIN_DEFAULTS = {"epochs": 3.0, "layers": "all", "rank": 4, "dropout": 0.0, "batch_size": 8, "weight_decay": 0.0,
                   "max_length": 512, "warmup_ratio": 0.0, "tied": True}
 
 
@@ -83,7 +83,8 @@ def add_parser(sub) -> None:
     g.add_argument("--dropout", type=probability, default=None,
                    help="dropout on the edit (default: 0; --paper-hparams: the task's; lora: its --lora-dropout)")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=positive_float, default=3.0, help="(default: %(default)s)")
+    o.add_argument("--epochs", type=positive_float, default=None,
+                   help="(default: 3; --paper-hparams: 10, as experiments/glue_paper.py)")
     o.add_argument("--lr", type=positive_float, default=None,
                    help="(default: 4e-3 for ReFT, 5e-4 for LoRA and the probe; --paper-hparams: the task's)")
     o.add_argument("--batch-size", type=positive_int, default=None, help="(default: 8; --paper-hparams: 32)")
@@ -174,7 +175,7 @@ def _fill_defaults(args: argparse.Namespace, method: str) -> None:
                  "tied": PAPER_GLUE_SHARED["tied"], "batch_size": PAPER_GLUE_SHARED["batch_size"],
                  "weight_decay": PAPER_GLUE_SHARED["weight_decay"], "max_length": PAPER_GLUE_SHARED["max_length"],
                  "warmup_ratio": hp.warmup_ratio, "positions": hp.positions, "lr": hp.lr,
-                 "dropout": hp.dropout}
+                 "dropout": hp.dropout, "epochs": 10.0}
         if method == "lora" and args.lora_dropout is None:
             args.lora_dropout = hp.dropout
         for name, value in paper.items():
