@@ -21,8 +21,9 @@ Two choices of the protocol are explicit here:
   length), so a batch pads to about its own length instead of the longest row of a random batch; every example
   is still seen once per epoch;
 * ``base_dropout``: whether the frozen base model's dropout is active while the adapter trains (pyreft: yes,
-  ``Trainer`` puts the whole model in train mode). Off sets the base's ``nn.Dropout`` probabilities to 0 for the
-  run (:func:`base_dropout`); the head's, the interventions' and LoRA's own dropout stay.
+  ``Trainer`` puts the whole model in train mode; here: :data:`BASE_DROPOUT`, off). Off sets the base's
+  ``nn.Dropout`` probabilities to 0 for the run (:func:`base_dropout`); the head's, the interventions' and LoRA's
+  own dropout stay.
 """
 
 from __future__ import annotations
