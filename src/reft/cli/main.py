@@ -12,10 +12,10 @@ import sys
 import warnings
 
 from . import eval as eval_cmd
-from . import generate, train
+from . import generate, serve, train
 from .common import OneLineParser
 
-COMMANDS = {"train": train, "generate": generate, "eval": eval_cmd}
+COMMANDS = {"train": train, "generate": generate, "eval": eval_cmd, "serve": serve}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
