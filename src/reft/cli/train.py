@@ -25,6 +25,8 @@ EPILOG = """examples:
   reft train --task boolq --limit 500 --eval-limit 200 --out runs/boolq --no-chat-template
   reft train --task svamp --train-task math_data_3k --limit 300 --eval-limit 200 --out runs/svamp --method lora
   reft train --task sst2 --model minilm --limit 2000 --positions f1 --rank 1 --lr 2e-3 --out runs/sst2 --seed 1
+  reft train --task mrpc --model minilm --paper-hparams --seed 42 --out runs/mrpc
+  reft train --task rte --model minilm --paper-hparams --method probe --lr 2e-3 --out runs/rte-probe
 
 The data file has one JSON object per line: {"prompt": "...", "response": "..."}. Prompts are wrapped in the
 model's chat template unless --no-chat-template; the choice is stored in the adapter, and 'reft generate' and
@@ -38,8 +40,20 @@ is refused while the first runs. Ctrl-C says which checkpoint --resume continues
 With --task (see reft.harness.tasks: boolq, arc_e, math_data_3k, sst2, ...) the run trains on a seeded subset
 of --limit training examples, evaluates on --eval-split (first --eval-limit examples) and writes results.json.
 GLUE tasks (--model minilm) train a classification head with the interventions, pick the epoch on the seeded dev
-half and report on the held-out test half. --method lora trains the LoRA baseline (peft) on the same data.
+half and report on the held-out test half. --method lora trains the LoRA baseline (peft) on the same data,
+--method probe the head alone on the frozen encoder. GLUE batches are grouped by length (--no-group-by-length:
+random batches). --paper-hparams fills every option not given with the paper's GLUE protocol
+(reft.harness.tasks.glue.PAPER_GLUE): rank 1, all layers, untied, the task's positions, dropout, learning rate
+and warm-up ratio, batch 32, weight decay 0, linear schedule, max length 256, 10 epochs. The paper's learning
+rates are LoReFT's: give --lr for lora/probe (picked on the dev half).
 """
+
+#: the frozen base's dropout during GLUE training unless --base-dropout says otherwise: the CLI's spelling of
+#: reft.harness.classification.BASE_DROPOUT (the choice and its measurement are in docs/results.md)
+BASE_DROPOUT_DEFAULT = "off"
+#: what an option not given on the command line means without --paper-hparams
+PLAIN_DEFAULTS = {"epochs": 3.0, "layers": "all", "rank": 4, "dropout": 0.0, "batch_size": 8, "weight_decay": 0.0,
+                  "max_length": 512, "warmup_ratio": 0.0, "tied": True}
 
 
 def add_parser(sub) -> None:
@@ -49,27 +63,37 @@ def add_parser(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="JSONL file with 'prompt' and 'response' fields")
     src.add_argument("--task", help="a task of the suite (reft.harness.tasks), e.g. boolq, arc_e, sst2")
-    p.add_argument("--method", default=None, choices=["loreft", "direft", "lora"],
-                   help="loreft/direft (= --intervention) or the LoRA baseline (default: --intervention)")
+    p.add_argument("--method", default=None, choices=["loreft", "direft", "lora", "probe"],
+                   help="loreft/direft (= --intervention), the LoRA baseline, or probe (GLUE: the head alone) "
+                        "(default: --intervention)")
     p.add_argument("--out", required=True, help="run folder: new, empty, or this run's (with --resume)")
     g = p.add_argument_group("interventions")
-    g.add_argument("--layers", default="all", help="'all' or indices like '3;9;18' (default: %(default)s)")
+    g.add_argument("--layers", default=None, help="'all' or indices like '3;9;18' (default: all)")
     g.add_argument("--positions", default=None,
-                   help="first/last prompt tokens: f7+l7, l1, f1 (= [CLS]) (default: f1 for GLUE tasks, else f7+l7)")
-    g.add_argument("--untied", dest="tied", action="store_false", help="separate interventions for prefix and suffix")
-    g.add_argument("--rank", type=positive_int, default=4, help="low rank r (default: %(default)s)")
+                   help="first/last prompt tokens: f7+l7, l1, f1 (= [CLS]) (default: f1 for GLUE tasks, else f7+l7; "
+                        "--paper-hparams: the task's, e.g. f3)")
+    g.add_argument("--untied", dest="tied", action="store_const", const=False, default=None,
+                   help="separate interventions for prefix and suffix")
+    g.add_argument("--rank", type=positive_int, default=None, help="low rank r (default: 4; --paper-hparams: 1)")
     g.add_argument("--intervention", default=None,
                    help="loreft, noreft, consreft, lobireft, direft, orthodireft (default: loreft)")
     g.add_argument("--component", default="block_output",
                    help="block_output, block_input, attention_output, mlp_output (default: %(default)s)")
     g.add_argument("--act", default=None, help="activation on Wh+b, e.g. relu (default: none)")
-    g.add_argument("--dropout", type=probability, default=0.0, help="dropout on the edit (default: %(default)s)")
+    g.add_argument("--dropout", type=probability, default=None,
+                   help="dropout on the edit (default: 0; --paper-hparams: the task's; lora: its --lora-dropout)")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=positive_float, default=3.0, help="(default: %(default)s)")
-    o.add_argument("--lr", type=positive_float, default=None, help="(default: 4e-3 for ReFT, 5e-4 for LoRA)")
-    o.add_argument("--batch-size", type=positive_int, default=8, help="(default: %(default)s)")
-    o.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="(default: %(default)s)")
-    o.add_argument("--max-length", type=positive_int, default=512, help="tokens per example (default: %(default)s)")
+    o.add_argument("--epochs", type=positive_float, default=None,
+                   help="(default: 3; --paper-hparams: 10, as experiments/glue_paper.py)")
+    o.add_argument("--lr", type=positive_float, default=None,
+                   help="(default: 4e-3 for ReFT, 5e-4 for LoRA and the probe; --paper-hparams: the task's)")
+    o.add_argument("--batch-size", type=positive_int, default=None, help="(default: 8; --paper-hparams: 32)")
+    o.add_argument("--weight-decay", type=nonnegative_float, default=None, help="(default: 0)")
+    o.add_argument("--warmup-ratio", type=probability, default=None,
+                   help="linear warm-up over this fraction of the optimiser steps, then linear decay to 0 "
+                        "(default: 0; --paper-hparams: the task's)")
+    o.add_argument("--max-length", type=positive_int, default=None,
+                   help="tokens per example (default: 512; --paper-hparams: 256)")
     o.add_argument("--seed", type=int, default=42, help="(default: %(default)s)")
     o.add_argument("--save-steps", type=positive_int, default=None, help="checkpoint every N steps (for --resume)")
     o.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -84,10 +108,19 @@ def add_parser(sub) -> None:
     t.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help="generation length (default: per task family)")
     t.add_argument("--eval-batch-size", type=positive_int, default=16, help="(default: %(default)s)")
+    c = p.add_argument_group("GLUE tasks (classification)")
+    c.add_argument("--paper-hparams", action="store_true",
+                   help="fill every option not given with the paper's GLUE protocol for --task (see below)")
+    c.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=None,
+                   help="batches of similar length (transformers' LengthGroupedSampler; default: on for GLUE tasks)")
+    c.add_argument("--base-dropout", choices=["on", "off"], default=None,
+                   help="the frozen base model's dropout during training: on (as in pyreft) or off "
+                        f"(default: {BASE_DROPOUT_DEFAULT}; the measurement is in docs/results.md)")
     lo = p.add_argument_group("LoRA (with --method lora)")
     lo.add_argument("--lora-rank", type=positive_int, default=8, help="(default: %(default)s)")
     lo.add_argument("--lora-alpha", type=positive_float, default=16.0, help="(default: %(default)s)")
-    lo.add_argument("--lora-dropout", type=probability, default=0.05, help="(default: %(default)s)")
+    lo.add_argument("--lora-dropout", type=probability, default=None,
+                    help="(default: 0.05; --paper-hparams: the task's dropout)")
     lo.add_argument("--lora-targets", default=None,
                     help="comma-separated module names (default: q_proj,v_proj for Llama, query,value for BERT)")
     p.set_defaults(run=run)
@@ -97,8 +130,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.method and args.intervention and args.method != args.intervention:
         raise UserError(f"--method {args.method} contradicts --intervention {args.intervention}: give one of them")
     if args.data is not None:
-        extra = [f"--{k.replace('_', '-')}" for k in ("limit", "train_task", "eval_limit", "max_new_tokens")
-                 if getattr(args, k) is not None]
+        extra = [f"--{k.replace('_', '-')}" for k in ("limit", "train_task", "eval_limit", "max_new_tokens",
+                                                      "base_dropout") if getattr(args, k) is not None]
+        extra += ["--paper-hparams"] * args.paper_hparams + ["--method probe"] * (args.method == "probe")
         if extra:
             raise UserError(f"{', '.join(extra)} only apply to --task runs")
     elif args.resume or args.save_steps:
@@ -116,6 +150,49 @@ def interrupted(args: argparse.Namespace) -> str:
     return f"no checkpoint was saved, nothing to resume{hint}"
 
 
+def _glue_task(args: argparse.Namespace) -> bool:
+    if args.task is None:
+        return False
+    from ..harness.tasks import get_task
+
+    return get_task(args.task).family == "glue"
+
+
+def _fill_defaults(args: argparse.Namespace, method: str) -> None:
+    """Resolve the options left at None: the paper's GLUE protocol (--paper-hparams) or :data:`PLAIN_DEFAULTS`."""
+    glue = _glue_task(args)
+    if args.paper_hparams:
+        if not glue:
+            raise UserError(f"--paper-hparams: {args.task} is not a GLUE task (the paper's fixed settings are for "
+                            "GLUE: sst2, mrpc, cola, rte, stsb, qnli)")
+        from ..harness.tasks.glue import PAPER_GLUE_SHARED, paper_hyperparameters
+
+        try:
+            hp = paper_hyperparameters(args.task)
+        except ValueError as e:
+            raise UserError(f"--paper-hparams: {e}") from None
+        paper = {"layers": PAPER_GLUE_SHARED["layers"], "rank": PAPER_GLUE_SHARED["rank"],
+                 "tied": PAPER_GLUE_SHARED["tied"], "batch_size": PAPER_GLUE_SHARED["batch_size"],
+                 "weight_decay": PAPER_GLUE_SHARED["weight_decay"], "max_length": PAPER_GLUE_SHARED["max_length"],
+                 "warmup_ratio": hp.warmup_ratio, "positions": hp.positions, "lr": hp.lr,
+                 "dropout": hp.dropout, "epochs": 10.0}
+        if method == "lora" and args.lora_dropout is None:
+            args.lora_dropout = hp.dropout
+        for name, value in paper.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+    for name, value in PLAIN_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.lora_dropout is None:
+        args.lora_dropout = 0.05
+    if args.group_by_length is None:
+        args.group_by_length = glue
+    if args.base_dropout is not None and not glue:
+        raise UserError("--base-dropout applies to GLUE (classification) tasks only")
+    args.base_dropout = args.base_dropout or BASE_DROPOUT_DEFAULT
+
+
 def run(args: argparse.Namespace) -> int:
     from ..config import ReftConfig
     from ..data import ExampleError
@@ -124,10 +201,12 @@ def run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     method = args.method or args.intervention or "loreft"
-    lr = args.lr if args.lr is not None else (5e-4 if method == "lora" else 4e-3)
+    _fill_defaults(args, method)
+    lr = args.lr if args.lr is not None else (5e-4 if method in ("lora", "probe") else 4e-3)
     settings = TrainSettings(epochs=args.epochs, lr=lr, batch_size=args.batch_size,
                              weight_decay=args.weight_decay, max_length=args.max_length, seed=args.seed,
-                             save_steps=args.save_steps, gradient_checkpointing=args.gradient_checkpointing)
+                             save_steps=args.save_steps, gradient_checkpointing=args.gradient_checkpointing,
+                             warmup=args.warmup_ratio, group_by_length=args.group_by_length)
     if args.task is not None:
         return _run_task(args, method, settings)
     config = None if method == "lora" else _reft_config(args, method, ReftConfig, glue=False)  # checked up front
@@ -193,7 +272,9 @@ def _run_task(args: argparse.Namespace, method: str, settings) -> int:
     if args.eval_split not in spec.splits:
         raise UserError(f"--eval-split {args.eval_split}: task {spec.name!r} has no split {args.eval_split!r}; "
                         f"available: {list(spec.splits)}")
-    config = None if method == "lora" else _reft_config(args, method, ReftConfig, glue=glue)
+    if method == "probe" and not glue:
+        raise UserError(f"--method probe trains a classification head: {spec.name} is not a GLUE task")
+    config = None if method in ("lora", "probe") else _reft_config(args, method, ReftConfig, glue=glue)
     with run_folder(args.out):  # checked and locked before the model loads
         model, tokenizer = load_model(args.model, dtype=dtype_of(args.dtype))
         result = run_task(model, tokenizer, spec.name, method, args.out, settings=settings, reft_config=config,
@@ -201,7 +282,7 @@ def _run_task(args: argparse.Namespace, method: str, settings) -> int:
                           eval_split=args.eval_split, eval_limit=args.eval_limit, evaluate=args.evaluate,
                           chat_template=args.chat_template is not False and not glue,
                           max_new_tokens=args.max_new_tokens, eval_batch_size=args.eval_batch_size,
-                          model_name=args.model)
+                          model_name=args.model, base_dropout=args.base_dropout == "on")
     print(json.dumps(headline(result)["eval"] if "eval" in result else headline(result)["parameters"]))
     print(f"results: {args.out}/results.json")
     return 0

@@ -13,7 +13,9 @@ attention have a narrower ``v_proj`` (``d_v = n_kv_heads · head_dim``).
   (:func:`reft.data.make_supervised_dataset`, prompt labels ``-100``) with the same collator, and the loss over
   response tokens only (vocabulary logits are computed only where there is a label, as in :class:`reft.ReftModel`).
 * Classification: :class:`LoraForSequenceClassification` = LoRA on the encoder + the same head type as
-  :class:`reft.ReftModelForSequenceClassification`, trained with :func:`reft.harness.classification.fit_classifier`.
+  :class:`reft.ReftModelForSequenceClassification`, trained with :func:`reft.harness.classification.fit_classifier`;
+  :class:`ProbeForSequenceClassification` = the frozen encoder + the same head, only the head trains (the probe
+  baseline: what the frozen [CLS] features give without any adapter).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ..fast.loss import has_plain_lm_head
 from ..model.layers import transformers_model
 from ..save_load import atomic_directory
 from ..trainer import FiniteGuard, NonFiniteLossError, training_fingerprint
-from .classification import classification_loss, fit_classifier
+from .classification import BASE_DROPOUT, classification_loss, fit_classifier
 from .recipe import TrainSettings, training_arguments, write_run_outputs
 from .runs import CHECKPOINTS, claim, run_folder
 
@@ -46,6 +48,7 @@ LORA_TARGETS: dict[str, tuple[str, ...]] = {
     "gpt2": ("c_attn",),
 }
 HEAD_FILE = "lora_head.safetensors"
+PROBE_FILE = "probe_head.safetensors"
 #: the names a LoRA adapter save writes (peft's files and the head): the only ones it replaces
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", HEAD_FILE)
 
@@ -173,26 +176,20 @@ def train_lora_causal(
 
 
 # ---- classification --------------------------------------------------------------------------------------------
-class LoraForSequenceClassification(nn.Module):
-    """LoRA on an encoder + the ReFT classification head on the first token (see :mod:`reft.harness.classification`).
+class _EncoderWithHead(nn.Module):
+    """An encoder (``.model``) + the ReFT classification head on the first token (see
+    :mod:`reft.harness.classification`): ``logits = head(encoder(x).last_hidden_state[:, 0])``, ``[B, num_labels]``."""
 
-    Args:
-        peft_model: an encoder (e.g. ``BertModel``) wrapped by :func:`get_lora_model`.
-        num_labels: classes (1 = regression).
-        head_dropout: dropout inside the head. Default: 0.1
-    """
-
-    def __init__(self, peft_model: nn.Module, num_labels: int, head_dropout: float = 0.1) -> None:
+    def __init__(self, encoder: nn.Module, num_labels: int, head_dropout: float = 0.1) -> None:
         super().__init__()
         from ..model.classification import ClassificationHead
 
         if num_labels < 1:
             raise ValueError(f"num_labels must be ≥ 1 (1 = regression), got {num_labels}")
-        self.model = peft_model
+        self.model = encoder
         self.num_labels = num_labels
-        hidden = peft_model.config.hidden_size
-        device = next(peft_model.parameters()).device
-        self.head = ClassificationHead(hidden, num_labels, head_dropout).to(device)
+        device = next(encoder.parameters()).device
+        self.head = ClassificationHead(encoder.config.hidden_size, num_labels, head_dropout).to(device)
 
     @property
     def config(self):
@@ -205,9 +202,25 @@ class LoraForSequenceClassification(nn.Module):
         loss = classification_loss(logits, labels, self.num_labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
+    def _head_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
+
+
+class LoraForSequenceClassification(_EncoderWithHead):
+    """LoRA on an encoder + the ReFT classification head on the first token (see :mod:`reft.harness.classification`).
+
+    Args:
+        peft_model: an encoder (e.g. ``BertModel``) wrapped by :func:`get_lora_model`.
+        num_labels: classes (1 = regression).
+        head_dropout: dropout inside the head. Default: 0.1
+    """
+
+    def __init__(self, peft_model: nn.Module, num_labels: int, head_dropout: float = 0.1) -> None:
+        super().__init__(peft_model, num_labels, head_dropout)
+
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """The peft adapter files plus ``lora_head.safetensors`` (head weights, ``num_labels`` in the metadata)."""
-        state = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
+        state = self._head_state()
 
         def write(tmp: str) -> None:
             self.model.save_pretrained(tmp)
@@ -228,10 +241,51 @@ class LoraForSequenceClassification(nn.Module):
         return out.eval()
 
 
+class ProbeForSequenceClassification(_EncoderWithHead):
+    """The probe baseline: a frozen encoder + the ReFT classification head; only the head trains.
+
+    The head is the same two-layer head as every other method's (``W_o tanh(W_d h_CLS + b_d) + b_o``), so this is
+    "what the frozen [CLS] features give", the floor an adapter has to beat.
+
+    Args:
+        encoder: the base encoder (e.g. ``BertModel``); its parameters are frozen (mutates it).
+        num_labels: classes (1 = regression).
+        head_dropout: dropout inside the head. Default: 0.1
+    """
+
+    def __init__(self, encoder: nn.Module, num_labels: int, head_dropout: float = 0.1) -> None:
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        super().__init__(encoder, num_labels, head_dropout)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """``probe_head.safetensors``: the head's weights, ``num_labels`` in the metadata."""
+        state = self._head_state()
+        atomic_directory(directory, lambda tmp: save_file(state, os.path.join(tmp, PROBE_FILE),
+                                                           metadata={"num_labels": str(self.num_labels)}),
+                         owned=(PROBE_FILE,))
+
+    @classmethod
+    def from_pretrained(cls, encoder: nn.Module, directory: str | os.PathLike) -> ProbeForSequenceClassification:
+        from safetensors import safe_open
+
+        path = os.path.join(directory, PROBE_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{directory} holds no {PROBE_FILE}: not a probe folder")
+        with safe_open(path, framework="pt") as f:
+            num_labels = int((f.metadata() or {})["num_labels"])
+        out = cls(encoder, num_labels)
+        out.head.load_state_dict(load_file(path))
+        return out.eval()
+
+
 def train_lora_classifier(model: nn.Module, tokenizer, task, train_examples, dev_examples,
                           out_dir: str | os.PathLike, settings: TrainSettings | None = None,
-                          lora: LoraSettings | None = None, *, progress: bool = True):
+                          lora: LoraSettings | None = None, *, progress: bool = True,
+                          base_dropout_active: bool = BASE_DROPOUT):
     """LoRA + head on a GLUE task with dev-set model selection; saves ``out_dir/adapter``.
+
+    ``base_dropout_active``: see :func:`reft.harness.classification.base_dropout` (LoRA's own dropout stays).
 
     Returns:
         ``(classifier, info)`` with ``info`` as in :func:`reft.harness.classification.fit_classifier`.
@@ -241,7 +295,26 @@ def train_lora_classifier(model: nn.Module, tokenizer, task, train_examples, dev
         torch.manual_seed(settings.seed)
         classifier = LoraForSequenceClassification(get_lora_model(model, lora), task.num_labels)
         info = fit_classifier(classifier, tokenizer, task, train_examples, dev_examples, out_dir, settings,
-                              trainer_cls=Trainer, progress=progress)
+                              trainer_cls=Trainer, progress=progress, base_dropout_active=base_dropout_active)
+        classifier.save_pretrained(os.path.join(out_dir, "adapter"))
+    return classifier, info
+
+
+def train_probe_classifier(model: nn.Module, tokenizer, task, train_examples, dev_examples,
+                           out_dir: str | os.PathLike, settings: TrainSettings | None = None, *,
+                           progress: bool = True, base_dropout_active: bool = BASE_DROPOUT):
+    """The head alone on the frozen encoder (:class:`ProbeForSequenceClassification`) with dev-set model selection;
+    saves ``out_dir/adapter/probe_head.safetensors``.
+
+    Returns:
+        ``(classifier, info)`` with ``info`` as in :func:`reft.harness.classification.fit_classifier`.
+    """
+    settings = settings or TrainSettings()
+    with run_folder(out_dir) as out_dir:
+        torch.manual_seed(settings.seed)
+        classifier = ProbeForSequenceClassification(model, task.num_labels)
+        info = fit_classifier(classifier, tokenizer, task, train_examples, dev_examples, out_dir, settings,
+                              trainer_cls=Trainer, progress=progress, base_dropout_active=base_dropout_active)
         classifier.save_pretrained(os.path.join(out_dir, "adapter"))
     return classifier, info
 

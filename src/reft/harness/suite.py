@@ -5,7 +5,9 @@
 * generation tasks (commonsense, math, instruction): train on ``train_task``'s train split (default: the task
   itself; e.g. ``math_data_3k`` for SVAMP), evaluate generations on ``task``'s ``eval_split``;
 * GLUE: train on the train split, select the epoch on the in-training dev half, report on the held-out test
-  half, the halves drawn with the run's seed (the paper's protocol).
+  half, the halves drawn with the run's seed (the paper's protocol). Methods: the ReFT interventions, ``lora``
+  and ``probe`` (the head alone on the frozen encoder). :func:`paper_glue_setup` gives the paper's per-task
+  settings (:data:`reft.harness.tasks.glue.PAPER_GLUE`).
 
 Subsets: ``train_limit`` takes a seeded random sample (``subset_seed``) of the training split, the same for every
 method and training seed; ``eval_limit`` keeps the first examples of the evaluation split (file order).
@@ -29,7 +31,37 @@ from .runs import run_folder
 from .tasks import TaskSpec, get_task
 
 REFT_METHODS = ("loreft", "direft", "noreft", "consreft", "lobireft", "orthodireft")
-METHODS = (*REFT_METHODS, "lora")
+METHODS = (*REFT_METHODS, "lora", "probe")
+
+
+def paper_glue_setup(task: str, method: str = "loreft", *, seed: int = 42, epochs: float = 10.0,
+                     lr: float | None = None, eval_batch_size: int = 64
+                     ) -> tuple[TrainSettings, ReftConfig | None, LoraSettings | None]:
+    """``(settings, reft_config, lora)`` of the paper's GLUE protocol for ``task`` (Tables 9–10 of the paper).
+
+    Shared: batch 32, AdamW, linear schedule with the task's warm-up ratio, weight decay 0, max length 256,
+    length-grouped batches; ReFT: rank 1 on every layer, untied, ``block_output``, the task's positions and
+    dropout; LoRA: rank 8, α 16 on query/value with the task's dropout as ``lora_dropout``; the probe: the head
+    only. ``lr`` overrides the paper's rate (the paper's rates are LoReFT's; other methods should pick theirs on
+    the dev half).
+    """
+    from .tasks.glue import PAPER_GLUE_SHARED, paper_hyperparameters
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: choose one of {list(METHODS)}")
+    hp = paper_hyperparameters(task)
+    shared = PAPER_GLUE_SHARED
+    settings = TrainSettings(epochs=epochs, lr=hp.lr if lr is None else lr, batch_size=int(shared["batch_size"]),
+                             weight_decay=float(shared["weight_decay"]), warmup=hp.warmup_ratio,
+                             scheduler=str(shared["scheduler"]), max_length=int(shared["max_length"]), seed=seed,
+                             logging_steps=10, group_by_length=True)
+    reft_config = lora = None
+    if method in REFT_METHODS:
+        reft_config = ReftConfig(layers=str(shared["layers"]), positions=hp.positions, rank=int(shared["rank"]),
+                                 tied=bool(shared["tied"]), intervention=method, dropout=hp.dropout)
+    elif method == "lora":
+        lora = LoraSettings(rank=8, alpha=16, dropout=hp.dropout)
+    return settings, reft_config, lora
 
 
 def subsample(examples: list[dict], limit: int | None, seed: int = 0) -> list[dict]:
@@ -71,6 +103,7 @@ def run_task(
     eval_batch_size: int = 16,
     model_name: str | None = None,
     progress: bool = True,
+    base_dropout: bool | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` on a task, evaluate it, and write ``out_dir/results.json`` (with per-example records).
 
@@ -84,6 +117,9 @@ def run_task(
         lora: LoRA hyper-parameters (``method="lora"``).
         dev_limit: GLUE: select the epoch on the first ``dev_limit`` examples of the dev half. Default: all
         chat_template: wrap prompts in the tokenizer's chat template (training and evaluation alike).
+        base_dropout: GLUE: keep the frozen base model's dropout active while training (pyreft does); False
+            switches it off for the run (:func:`reft.harness.classification.base_dropout`). Default:
+            :data:`reft.harness.classification.BASE_DROPOUT`
 
     Returns:
         The results dict (also written to ``out_dir/results.json``): ``task``, ``method``, ``model``, ``config``,
@@ -106,7 +142,12 @@ def run_task(
             "subset_seed": subset_seed,
             "chat_template": chat_template,
         }
-        if method == "lora":
+        if method == "probe":
+            if spec.family != "glue":
+                raise ValueError(f"method 'probe' (the head alone) is a classification baseline; {spec.name} is a "
+                                 f"{spec.family} task: use a ReFT method or lora")
+            result["config"] = {"head_only": True}
+        elif method == "lora":
             lora = lora or LoraSettings()
             result["config"] = dataclasses.asdict(lora)
         else:
@@ -117,19 +158,30 @@ def run_task(
         if spec.family == "glue":
             if train_spec is not spec:
                 raise ValueError("GLUE runs train and evaluate on the same task: drop train_task")
+            from .classification import BASE_DROPOUT
+
             seed = settings.seed
             dev = spec.load("dev", limit=dev_limit, seed=seed)
+            base_dropout = BASE_DROPOUT if base_dropout is None else base_dropout
+            result["base_dropout"] = base_dropout
             if method == "lora":
                 from .baselines import train_lora_classifier
 
                 trained, info = train_lora_classifier(model, tokenizer, spec, train_examples, dev, out_dir, settings,
-                                                      lora, progress=progress)
+                                                      lora, progress=progress, base_dropout_active=base_dropout)
                 adapter = lora_parameters(trained)
+            elif method == "probe":
+                from .baselines import train_probe_classifier
+
+                trained, info = train_probe_classifier(model, tokenizer, spec, train_examples, dev, out_dir,
+                                                       settings, progress=progress, base_dropout_active=base_dropout)
+                adapter = 0
             else:
                 from .classification import train_reft_classifier
 
                 trained, info = train_reft_classifier(model, tokenizer, reft_config, spec, train_examples, dev,
-                                                      out_dir, settings, progress=progress)
+                                                      out_dir, settings, progress=progress,
+                                                      base_dropout_active=base_dropout)
                 adapter = sum(p.numel() for p in trained.interventions.parameters())
             head = sum(p.numel() for p in trained.head.parameters())
             result["parameters"] = {"adapter": adapter, "head": head, "trainable": count_parameters(trained),

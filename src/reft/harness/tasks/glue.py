@@ -10,12 +10,17 @@ GLUE test labels are not public, so, as in the paper, the GLUE dev file is divid
 reporting). The halves are disjoint, cover the dev file, and depend only on the seed and the file length (the
 order comes from SHA-256 hashes, so it is stable across Python/numpy versions). ``load("train")`` is the GLUE
 train file; QNLI has none here.
+
+:data:`PAPER_GLUE` holds the paper's fixed per-task settings (learning rate, dropout, warmup ratio, positions) and
+:data:`PAPER_GLUE_SHARED` the ones common to every task (rank 1, all layers, untied, batch 32, AdamW, linear
+schedule, weight decay 0, max length 256); ``reft train --paper-hparams`` and ``experiments/glue_paper.py`` use them.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from reft.harness.tasks._io import Example, read_jsonl, take
 from reft.harness.tasks.metrics import accuracy, f1_binary, matthews_corrcoef, pearson, spearman
@@ -39,6 +44,52 @@ GLUE_MAIN_METRIC = {
     "qnli": "accuracy",
 }
 GLUE_SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class GlueHyperparameters:
+    """One task's fixed LoReFT settings in the ReFT paper (RoBERTa, Tables 9–10 of arXiv 2404.03592).
+
+    Attributes:
+        lr: AdamW learning rate (peak of the linear schedule).
+        dropout: dropout of the interventions (pyreft applies it to Φ(h); reft to the edit Φ(h) − h, see
+            :class:`reft.interventions.base.Intervention`); the LoRA baseline uses it as ``lora_dropout``.
+        warmup_ratio: linear warm-up over this fraction of all optimiser steps, then linear decay to 0.
+        positions: intervened prompt positions (the paper's ``p3`` = ``f3``: the first three tokens, [CLS] first).
+    """
+
+    lr: float
+    dropout: float
+    warmup_ratio: float
+    positions: str
+
+
+#: the paper's per-task settings (MNLI ``f1`` and QQP ``f11`` are not in the shared data)
+PAPER_GLUE: dict[str, GlueHyperparameters] = {
+    "sst2": GlueHyperparameters(lr=6e-4, dropout=0.10, warmup_ratio=0.10, positions="f3"),
+    "mrpc": GlueHyperparameters(lr=3e-4, dropout=0.05, warmup_ratio=0.0, positions="f3"),
+    "cola": GlueHyperparameters(lr=4e-4, dropout=0.20, warmup_ratio=5e-3, positions="f3"),
+    "rte": GlueHyperparameters(lr=9e-4, dropout=0.05, warmup_ratio=0.0, positions="f3"),
+    "stsb": GlueHyperparameters(lr=6e-4, dropout=0.05, warmup_ratio=0.03, positions="f3"),
+    "qnli": GlueHyperparameters(lr=9e-4, dropout=0.05, warmup_ratio=0.10, positions="f11"),
+}
+#: settings the paper shares across GLUE tasks (pyreft's examples/loreft: ``-l all -r 1 --batch_size 32
+#: --max_length 256 --weight_decay 0``, linear schedule, ``adamw_torch``)
+PAPER_GLUE_SHARED: dict[str, object] = {"rank": 1, "layers": "all", "tied": False, "batch_size": 32,
+                                        "weight_decay": 0.0, "scheduler": "linear", "max_length": 256}
+
+
+def paper_hyperparameters(task: str) -> GlueHyperparameters:
+    """The paper's settings for ``task``.
+
+    Raises:
+        ValueError: a task without published settings here.
+    """
+    if task not in PAPER_GLUE:
+        raise ValueError(f"no paper settings for {task!r}; known: {sorted(PAPER_GLUE)}")
+    return PAPER_GLUE[task]
+
+
 _NO_TRAIN = {"qnli": "QNLI's train split (104,743 rows) is not in the shared data (file too large); use dev/test"}
 _STRING_LABELS = {"entailment": 0, "not_entailment": 1}
 
