@@ -324,11 +324,20 @@ def resident_phase(server: Server, adapters: list[Path], count: int, texts: list
     models = [f"r{k}" for k in range(0, count, max(1, count // 64))][:64] + ["__base__"]
     run = asyncio.run(load(server.url, models, texts, 16, 3 * len(models), new_tokens, limit_s, server))
     total_gib = 24.0
+    from transformers import AutoConfig
+
+    from reft.harness.models import smollm2_path
+
+    cfg = AutoConfig.from_pretrained(smollm2_path())
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_gib = 65536 * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * 4 / 2**30  # --max-batch-tokens
     return {
         "loaded": count, "load_s_p50": statistics.median(times), "load_s_p99": percentile(times, 99),
         "load_s_mean": statistics.fmean(times), "rss_before_mib": rss0, "rss_after_mib": rss1,
         "per_adapter_kib": 1024 * per_adapter_mib, "adapter_parameters": server_side[1], "memory": memory,
-        "fit_in_24_gib": int((total_gib * 1024 - rss1) / per_adapter_mib) + count if per_adapter_mib > 0 else None,
+        "kv_budget_gib": kv_gib,  # what the server may hold in KV cache at its default --max-batch-tokens
+        "fit_in_24_gib": int(((total_gib - kv_gib) * 1024 - rss1) / per_adapter_mib) + count
+        if per_adapter_mib > 0 else None,
         "run_16_clients_over_64_adapters": {k: v for k, v in run.items() if k != "records"},
     }
 
