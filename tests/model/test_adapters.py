@@ -237,3 +237,17 @@ def test_heterogeneous_specs_round_trip_count_and_equal_their_parts(tmp_path, ca
 def test_bad_specs_name_the_spec_and_the_field(bad, match):
     with pytest.raises(ValueError, match=match):
         ReftConfig(representations=bad)
+
+
+def test_load_adapter_of_the_wrong_kind_says_which_class_fits(tmp_path):
+    from reft import UnknownAdapterError
+
+    classifier = get_reft_model(tiny_bert(), ReftConfig(layers="all", positions="f1", rank=2), num_labels=3)
+    classifier.save_pretrained(tmp_path / "clf")
+    plain = get_reft_model(tiny_bert(), None)
+    with pytest.raises(ValueError, match="classifier adapter .a head for 3 labels.*ReftModel.from_pretrained"):
+        plain.load_adapter(tmp_path / "clf", adapter_name="clf")
+    assert type(ReftModel.from_pretrained(tiny_bert(), tmp_path / "clf")).__name__ == \
+        "ReftModelForSequenceClassification"
+    with pytest.raises(UnknownAdapterError, match="unknown adapter 'nope'"):
+        plain.parse_adapter_spec("nope")

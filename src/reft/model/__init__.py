@@ -9,7 +9,7 @@ from torch import nn
 
 from ..config import ReftConfig
 from .classification import ClassificationHead, ReftModelForSequenceClassification
-from .compose import BASE, parse_composition
+from .compose import BASE, UnknownAdapterError, check_adapter_name, parse_composition
 from .reft_model import ReftModel
 
 
@@ -43,5 +43,5 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, *, is_trainable
     return ReftModel.from_pretrained(model, directory, is_trainable=is_trainable)
 
 
-__all__ = ["BASE", "ClassificationHead", "ReftModel", "ReftModelForSequenceClassification", "get_reft_model",
-           "load_adapter", "parse_composition"]
+__all__ = ["BASE", "ClassificationHead", "ReftModel", "ReftModelForSequenceClassification", "UnknownAdapterError",
+           "check_adapter_name", "get_reft_model", "load_adapter", "parse_composition"]

@@ -31,6 +31,10 @@ _TERM = re.compile(r"\s*([+-]?)\s*(?:(\d+(?:\.\d*)?|\.\d+)\s*\*\s*)?([A-Za-z_][A
 Composition = tuple[tuple[str, float], ...]
 
 
+class UnknownAdapterError(ValueError):
+    """An ``adapter_names`` entry names an adapter that is not loaded (a server answers 404, not 400)."""
+
+
 def check_adapter_name(name: str) -> str:
     """Adapter names start with a letter or ``_`` and hold letters, digits, ``_`` and ``.`` (so that ``+``, ``-``
     and ``*`` are free for compositions); ``__base__`` is reserved."""

@@ -43,8 +43,13 @@ class SaveLoadMixin:
         It is frozen unless ``is_trainable``; it becomes active only if no adapter is active yet."""
         from ..save_load import load_reft_state_dict, read_adapter
 
-        config, state, _ = read_adapter(directory)
+        config, state, metadata = read_adapter(directory)
         check_compatible(config, self.model)
+        if ("num_labels" in metadata) != hasattr(type(self), "head"):
+            kind = f"a classifier adapter (a head for {metadata['num_labels']} labels)" if "num_labels" in metadata \
+                else "a language-model adapter (no classification head)"
+            raise ValueError(f"{directory} holds {kind}, which does not fit this {type(self).__name__}: load it with "
+                             "ReftModel.from_pretrained(model, dir), which picks the right class")
         self.add_adapter(adapter_name, config, trainable=is_trainable)
         try:
             load_reft_state_dict(self._view(adapter_name), state)

@@ -23,7 +23,7 @@ from ..fast import engine
 from ..fast.frozen_cache import FrozenBatch, FrozenCache, stochastic_modules
 from ..fast.loss import has_plain_lm_head
 from .adapter import Adapter
-from .compose import BASE, Composition, check_adapter_name, parse_composition
+from .compose import BASE, Composition, UnknownAdapterError, check_adapter_name, parse_composition
 from .hooks import InterventionContext, Part, Plan, register_intervention_hook
 from .layers import (
     cache_name,
@@ -248,8 +248,8 @@ class ReftModel(SaveLoadMixin, nn.Module):
         composition = parse_composition(entry)
         unknown = [n for n, _ in composition if n not in self.adapters]
         if unknown:
-            raise ValueError(f"unknown adapter {unknown[0]!r} in {entry!r}: loaded adapters are {list(self.adapters)}"
-                             f" ({BASE!r} or None = the bare model)")
+            raise UnknownAdapterError(f"unknown adapter {unknown[0]!r} in {entry!r}: loaded adapters are "
+                                      f"{list(self.adapters)} ({BASE!r} or None = the bare model)")
         return composition
 
     # ---- the edit plan of one call -------------------------------------------------------------------------
