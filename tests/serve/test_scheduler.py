@@ -60,6 +60,21 @@ async def collect(req: Request, until: int | None = None) -> tuple[list[str], li
             break
     return texts, reasons
 
+def run_all(sched, make_requests) -> list[Request]:
+    """Start the scheduler, submit every request ``make_requests()`` builds, wait for all of them, stop."""
+
+    async def main():
+        sched.start()
+        reqs = make_requests()
+        for r in reqs:
+            sched.submit(r)
+        for r in reqs:
+            await collect(r)
+        sched.stop(1)
+        return reqs
+
+    return run(main())
+
 
 def greedy(max_tokens: int, **kw) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=0.0, **kw)
@@ -123,17 +138,8 @@ def test_mixed_adapters_in_one_batch_match_each_alone(adapters):
     jobs = [(None, PROMPTS[0]), ("a", PROMPTS[0]), ("b", PROMPTS[0]), ("c", PROMPTS[1]), ("a", PROMPTS[2]),
             (None, PROMPTS[3]), ("a-c", PROMPTS[0])]
 
-    async def main():
-        sched.start()
-        reqs = [Request(f"r{i}", engine.resolve(ad), [ids(p)], greedy(24)) for i, (ad, p) in enumerate(jobs)]
-        for r in reqs:
-            sched.submit(r)
-        for r in reqs:
-            await collect(r)
-        sched.stop(1)
-        return reqs
-
-    reqs = run(main())
+    reqs = run_all(sched, lambda: [Request(f"r{i}", engine.resolve(ad), [ids(p)], greedy(24))
+                                   for i, (ad, p) in enumerate(jobs)])
     assert sched.stats["max_adapters_in_step"] == 5  # base, a, b, c and a-c decoded together
     assert sched.stats["prefills"] == 1
     answers = set()
@@ -299,17 +305,7 @@ def test_baseline_policies_give_the_same_answers(adapters, policy):
     _, _, sched = build(adapters, policy=policy)
     jobs = [("a", PROMPTS[0]), ("b", PROMPTS[1]), (None, PROMPTS[0]), ("a", PROMPTS[3])]
 
-    async def main():
-        sched.start()
-        reqs = [req(f"r{i}", ad, p, greedy(12)) for i, (ad, p) in enumerate(jobs)]
-        for r in reqs:
-            sched.submit(r)
-        for r in reqs:
-            await collect(r)
-        sched.stop(1)
-        return reqs
-
-    reqs = run(main())
+    reqs = run_all(sched, lambda: [req(f"r{i}", ad, p, greedy(12)) for i, (ad, p) in enumerate(jobs)])
     assert sched.stats["max_adapters_in_step"] == 1
     for (ad, p), r in zip(jobs, reqs):
         want, gaps = reference(serve_model(), TOK, ids(p), 12, adapters.get(ad))
