@@ -1,4 +1,5 @@
-"""Saving and loading adapters: safetensors + JSON, atomic writes, checked against the target model.
+"""Adapter files: safetensors + JSON, atomic writes. (Building a model from them, and checking it fits the base
+model, is :mod:`reft.model`'s: ``ReftModel.from_pretrained`` / ``load_adapter``; this module imports no model code.)
 
 An adapter directory holds exactly two files:
 
