@@ -17,8 +17,9 @@ RUNS = ROOT / "runs"
 
 
 def setup(threads: int = 1) -> None:
-    """Use ``threads`` CPU threads (the machine is shared) and make the package importable from a checkout."""
-    torch.set_num_threads(threads)
+    """Use ``threads`` CPU threads (env ``REFT_THREADS`` overrides; the machine is shared) and make the package
+    importable from a checkout."""
+    torch.set_num_threads(int(os.environ.get("REFT_THREADS", threads)))
     sys.path.insert(0, str(ROOT / "src"))
 
 

@@ -309,3 +309,36 @@ def test_probe_trains_the_head_only_and_reloads(tmp_path):
     with pytest.raises(ValueError, match="classification baseline"):
         run_task(tiny_bert(), tok, "boolq", "probe", tmp_path / "b", settings=settings, train_limit=4,
                  progress=False)
+
+
+def _padded(rows: list[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    return ids, (ids != 0).long()
+
+
+def test_probe_feature_cache_skips_the_encoder_and_equals_recomputing():
+    """With the frozen encoder deterministic (dropout off), a row's h_CLS is computed once: later batches holding
+    the same rows (in another order and padding width) run the head alone and give the recomputed logits up to
+    fp32 rounding (the encoder's padded batch differs); with the encoder's dropout active nothing is cached."""
+    torch.manual_seed(0)
+    rows = [torch.randint(1, VOCAB, (n,)).tolist() for n in (5, 9, 3, 7)]
+    probe = ProbeForSequenceClassification(tiny_bert(), 2, head_dropout=0.0)
+    calls = []
+    probe.model.register_forward_hook(lambda *_: calls.append(1))
+    probe.train()
+    with base_dropout(probe, active=False):
+        ids, mask = _padded(rows, 9)
+        first = probe(input_ids=ids, attention_mask=mask).logits
+        assert len(calls) == 1 and len(probe.feature_cache) == 4
+        order = [2, 0, 3, 1]
+        ids2, mask2 = _padded([rows[i] for i in order], 12)
+        cached = probe(input_ids=ids2, attention_mask=mask2).logits
+        assert len(calls) == 1  # the encoder did not run
+        torch.testing.assert_close(cached, first[order], rtol=0, atol=0)  # the stored rows themselves
+        probe.feature_cache = None
+        recomputed = probe(input_ids=ids2, attention_mask=mask2).logits
+        assert len(calls) == 2
+        torch.testing.assert_close(cached, recomputed, rtol=1e-5, atol=1e-6)  # fp32 rounding of another batch shape
+    probe.feature_cache = {}
+    probe(input_ids=ids, attention_mask=mask)  # dropout active (p = 0.1, train mode): random features
+    assert len(calls) == 3 and probe.feature_cache == {}

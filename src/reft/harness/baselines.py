@@ -257,6 +257,37 @@ class ProbeForSequenceClassification(_EncoderWithHead):
         for p in encoder.parameters():
             p.requires_grad_(False)
         super().__init__(encoder, num_labels, head_dropout)
+        #: h_CLS ``[d]`` per input (key: the row's unpadded token ids and token types), filled while the frozen
+        #: encoder is deterministic (no active dropout): every later epoch runs the head alone. Equal to recomputing
+        #: up to fp32 rounding (a row's features come from the batch it was first seen in). None: off.
+        self.feature_cache: dict[bytes, torch.Tensor] | None = {}
+
+    def _deterministic(self) -> bool:
+        return not any(m.training and m.p > 0 for m in self.model.modules()
+                       if isinstance(m, nn.modules.dropout._DropoutNd))
+
+    def _features(self, input_ids, attention_mask, token_type_ids) -> torch.Tensor:
+        """``[B, d]``: the frozen encoder's h_CLS, from :attr:`feature_cache` where every row is there."""
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        if self.feature_cache is None or not self._deterministic():
+            with torch.no_grad():
+                return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state[:, 0]
+        mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+        types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+        keys = [input_ids[i][mask[i]].cpu().numpy().tobytes() + b"|" + types[i][mask[i]].cpu().numpy().tobytes()
+                for i in range(input_ids.shape[0])]
+        if not all(k in self.feature_cache for k in keys):
+            with torch.no_grad():
+                cls = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state[:, 0]
+            for k, row in zip(keys, cls):
+                self.feature_cache[k] = row.clone()
+            return cls
+        return torch.stack([self.feature_cache[k] for k in keys])
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None):
+        logits = self.head(self._features(input_ids, attention_mask, token_type_ids))
+        loss = classification_loss(logits, labels, self.num_labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """``probe_head.safetensors``: the head's weights, ``num_labels`` in the metadata."""

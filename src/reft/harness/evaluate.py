@@ -27,7 +27,7 @@ from .classification import predict_classification
 from .tasks import TaskSpec, get_task
 
 #: default ``max_new_tokens`` per task family (commonsense targets are ~6 tokens; math targets are rationales)
-MAX_NEW_TOKENS = {"commonsense": 32, "math": 256, "instruction": 512}
+MAX_NEW_TOKENS = {"commonsense": 32, "glue_generation": 8, "math": 256, "instruction": 512}
 
 
 def _spec(task: str | TaskSpec) -> TaskSpec:

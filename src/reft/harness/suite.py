@@ -215,7 +215,8 @@ def run_task(
             if evaluate:
                 result["eval"] = evaluate_generation(trained, tokenizer, spec, eval_split, limit=eval_limit,
                                                      batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
-                                                     chat_template=chat_template, progress=progress)
+                                                     chat_template=chat_template, progress=progress,
+                                                     seed=settings.seed)
         write_results(os.path.join(out_dir, "results.json"), result, generator=f"{result['model']}-{method}")
     return result
 

@@ -2,7 +2,8 @@
 
 Families: ``commonsense`` (BoolQ, PIQA, SIQA, HellaSwag, WinoGrande, ARC-e/-c, OBQA), ``math`` (AQuA, GSM8K,
 MAWPS, SVAMP, AddSub, MultiArith, SingleEq, MathQA + training sets), ``glue`` (SST-2, CoLA, MRPC, STS-B, RTE,
-QNLI) and ``instruction`` (AlpacaEval, UltraFeedback-1K). Data is read from :func:`data_root` (env ``REFT_DATA``).
+QNLI), ``glue_generation`` (``sst2_gen`` etc.: the same rows with label words, for decoders) and ``instruction``
+(AlpacaEval, UltraFeedback-1K). Data is read from :func:`data_root` (env ``REFT_DATA``).
 
 Example::
 
@@ -24,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from reft.harness.tasks import alpaca, commonsense, glue
+from reft.harness.tasks import alpaca, commonsense, glue, glue_generation
 from reft.harness.tasks import math as math_tasks
 from reft.harness.tasks._io import ALPACA_NO_INPUT_TEMPLATE, Example, alpaca_prompt, data_root
 
@@ -87,6 +88,15 @@ def _build_registry() -> dict[str, TaskSpec]:
             num_labels=glue.num_labels(name),
             metric=partial(glue.glue_metric, name),
             main_metric=glue.GLUE_MAIN_METRIC[name],
+        )
+    for name in glue_generation.GLUE_GENERATION:
+        tasks[glue_generation.generation_name(name)] = TaskSpec(
+            name=glue_generation.generation_name(name),
+            family="glue_generation",
+            splits=glue.GLUE_SPLITS,
+            load=partial(glue_generation.load_glue_generation, name),
+            format=glue_generation.format_glue_generation,
+            score=glue_generation.score_glue_generation,
         )
     tasks["alpaca_eval"] = TaskSpec(
         name="alpaca_eval",

@@ -79,6 +79,12 @@ PAPER_GLUE_SHARED: dict[str, object] = {"rank": 1, "layers": "all", "tied": Fals
                                         "weight_decay": 0.0, "scheduler": "linear", "max_length": 256}
 
 
+#: the LoRA baseline's published per-task learning rates (Hu et al. 2021, arXiv 2106.09685, Table 9, RoBERTa-base,
+#: r 8 on W_q/W_v): the start point of its rate, as PAPER_GLUE's is LoReFT's
+LORA_PAPER_LR: dict[str, float] = {"sst2": 5e-4, "mrpc": 4e-4, "cola": 4e-4, "rte": 5e-4, "stsb": 4e-4,
+                                   "qnli": 4e-4}
+
+
 def paper_hyperparameters(task: str) -> GlueHyperparameters:
     """The paper's settings for ``task``.
 
