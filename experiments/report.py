@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 BENCH = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "results.md"
+#: what the issue-16 runs show (written after reading them; the numbers it cites are in the tables it heads)
+FINDINGS = ""
 NAMES = {"loreft": "LoReFT", "direft": "DiReFT", "lora": "LoRA"}
 GLUE = ("sst2", "cola", "stsb", "mrpc", "rte")
 GLUE_HEAD = {"sst2": "SST-2 acc", "cola": "CoLA MCC", "stsb": "STS-B P/S", "mrpc": "MRPC acc", "rte": "RTE acc"}
@@ -232,34 +234,15 @@ def paper_protocol_section() -> str:
     smoke = _read(RESULTS / "glue_paper_smoke" / "summary.json")
     smoke_runs = sum(len(c["scores"]) for t in (smoke or {}).get("cells", {}).values() for c in t.values())
     smoke_tasks = ", ".join((smoke or {}).get("cells", {}))
-    full = _read(RESULTS / "glue_paper" / "summary.json")
-    if full and full.get("cells"):
-        tasks = list(full["cells"])
-        res = ["| method | adapter params | " + " | ".join(tasks) + " | avg | median wall s / run |",
-               "|---|---:|" + "---:|" * (len(tasks) + 2)]
-        for m in ("loreft", "direft", "lora", "probe"):
-            cells = [full["cells"][t].get(m) for t in tasks]
-            done = [c for c in cells if c]
-            if not done:
-                continue
-            avg = statistics.fmean(c["mean"] for c in done) if len(done) == len(tasks) else None
-            walls = [w for c in done for w in c["wall_s"]]
-            res.append(f"| {m} | {done[0]['adapter_params']:,} | " + " | ".join(
-                "–" if c is None else _pct(c["mean"]) + ("" if c["sd"] is None else f" ± {100 * c['sd']:.1f}")
-                + ("" if len(c["scores"]) == 3 else f" (n={len(c['scores'])})") for c in cells)
-                + f" | {_pct(avg)} | {statistics.median(walls):.0f} |")
-        results = "Results so far (`results/glue_paper/summary.json`):\n\n" + "\n".join(res)
-    else:
-        results = "**No full run has finished yet** (`results/glue_paper/` is empty): the table above is the plan."
     grids = "; ".join(f"{m} {', '.join(f'{x:g}' for x in v)}" for m, v in LR_GRID.items())
     shared = PAPER_GLUE_SHARED
-    return f"""## GLUE at the paper's protocol: Protocol (prepared, runs pending)
+    return f"""## GLUE at the paper's protocol: the protocol in full
 
-This section describes runs that are **prepared but not run** (issue 16, §1 and §2): they take about a day of this
-CPU. Every number in it comes from short measurement runs and smoke runs, marked as such; none is a result of the
-protocol.
+The whole plan (5 tasks × 4 methods × 3 seeds at 10 epochs) takes about a day of this CPU; the results at the top
+of this file ran the part that fits one session (SST-2 and CoLA; LoReFT, LoRA, the probe). The smoke runs and
+short measurements below are marked as such.
 
-### What `experiments/glue_paper.py` will run
+### What `experiments/glue_paper.py` runs
 
 The paper's GLUE protocol (Tables 9–10; `reft.harness.suite.paper_glue_setup`, `reft train --paper-hparams`) on
 MiniLM-L6 (6 layers, d = 384) instead of RoBERTa:
@@ -277,9 +260,11 @@ MiniLM-L6 (6 layers, d = 384) instead of RoBERTa:
   positions, dropout and learning rate (table); 4,614 adapter parameters (2·d·r + r per layer);
 * **LoRA**: rank 8, α = 16, on `query` and `value` of every layer (peft), the task's dropout as `lora_dropout`;
 * **probe**: the head alone on the frozen encoder (148,610 parameters, the head every method trains);
-* **learning rates**: LoReFT and DiReFT at the paper's per-task rate (tuned for RoBERTa; `--tune-reft` grids ×⅓,
-  ×1, ×3 of it); LoRA and the probe choose from a grid ({grids}) by the dev-half score of seed 42, never the test
-  half; the grid's run at the chosen rate is the seed-42 run of the table;
+* **learning rates**: `--proxy-tune` (what the results above used): each method's published rate (ReFT paper for
+  LoReFT/DiReFT, LoRA paper for LoRA) × a multiplier (1, 3, 10) chosen on a short SST-2 run by the dev half of
+  seed 42, then used on every task; without it LoReFT and DiReFT take the paper's per-task rate (`--tune-reft`
+  grids ×⅓, ×1, ×3) and LoRA and the probe choose from a full-size grid ({grids}) by the dev-half score of seed 42,
+  never the test half (the probe always does: with its cached features a run costs one encoder pass);
 * **seeds** 42, 43, 44 (the first three of the paper's); cells mean ± sample sd; wall and training time per run
   recorded; finished runs are skipped on a rerun (`results/glue_paper/<task>/<method>-lr<lr>-s<seed>.json`).
 
@@ -288,8 +273,6 @@ MiniLM-L6 (6 layers, d = 384) instead of RoBERTa:
 Steps per epoch at batch 32; the dev/test halves shown are seed 42's (every seed's have the same sizes).
 Not in the plan: QNLI (no train split in the shared data; its settings are in `PAPER_GLUE`: `f11`, lr 9e-4),
 MNLI and QQP (not in the shared data).
-
-{results}
 
 ### The frozen base's dropout: off
 
@@ -405,9 +388,15 @@ def main() -> None:
     env = (glue_runs or dec_runs or [{}])[0].get("environment", {})
     chosen = RESULTS / "glue_minilm" / "tune" / "chosen.json"
     lrs = json.loads(chosen.read_text()) if chosen.is_file() else {}
-    text = f"""# Results: ReFT vs LoRA on the task suite (small CPU runs)
+    from report_paper import issue16_section
 
-Generated by `python experiments/report.py` from `results/**/*.json`; every number below is read from those files.
+    text = f"""# Results: ReFT vs LoRA on the task suite (CPU runs)
+
+Generated by `python experiments/report.py` from `results/**/*.json` and `benchmarks/results/*.json`; every number
+below is read from those files.
+
+{issue16_section(FINDINGS)}
+## Earlier small-budget runs (before issue 16)
 
 **Hardware and budget.** A shared 2-core x86-64 CPU, no GPU; every run used one thread (`torch.set_num_threads(1)`,
 `nice -n 10`) while two other engineers ran tests and benchmarks on the same cores, so wall times are inflated and
@@ -503,8 +492,11 @@ majority answer, ARC-e below chance), so the comparison says little about the me
 ```bash
 nice -n 10 .venv/bin/python experiments/glue_minilm.py      # LR choice on SST-2 dev; 5 tasks × 3 methods × 3 seeds
 nice -n 10 .venv/bin/python experiments/decoder_smollm2.py  # 3 tasks × 3 methods
-nice -n 10 .venv/bin/python experiments/glue_paper.py       # the paper's GLUE protocol (about a day; resumable)
-.venv/bin/python benchmarks/glue_parity.py                  # reft vs pyreft on MRPC (about 3.5 h)
+nice -n 5 .venv/bin/python experiments/glue_paper.py --proxy-tune --methods loreft,lora  # rates (~10 min)
+nice -n 5 .venv/bin/python experiments/glue_paper.py --tasks sst2,cola --methods loreft,lora,probe  # resumable
+nice -n 5 .venv/bin/python experiments/decoder_sst2.py     # SmolLM2, SST-2 as generation
+.venv/bin/python benchmarks/glue_parity.py --task sst2 --limit 2000 --epochs 3 --name glue_parity_sst2
+nice -n 10 .venv/bin/python experiments/glue_paper.py       # the whole protocol (about a day; resumable)
 .venv/bin/python experiments/report.py                      # this file
 ```
 
