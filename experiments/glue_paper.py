@@ -147,7 +147,8 @@ class Sweep:
     def choose(self, task: str, method: str) -> float:
         """The grid's best rate by the dev-half score of seed 42 (ties: the smaller rate); never the test half.
         After ``--proxy-tune`` the grid is the one rate ``paper_lr × multiplier``."""
-        grid = lr_grid(task, method, self.args.tune_reft, proxy_multiplier(self.out, method))
+        grid = (self.args.lr_grid[method] if method in self.args.lr_grid
+                else lr_grid(task, method, self.args.tune_reft, proxy_multiplier(self.out, method)))
         scores = {lr: self.one(task, method, lr, TUNE_SEED)["train"]["best_dev"] for lr in grid}
         best = max(scores, key=lambda lr: (scores[lr], -lr))
         chosen_file = self.out / task / "chosen.json"
@@ -300,6 +301,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=float, default=None, help="override EPOCHS for every task")
     ap.add_argument("--tune-reft", action="store_true", help="grid the ReFT rates too (×⅓, ×1, ×3 the paper's)")
     ap.add_argument("--base-dropout", choices=["on", "off"], default="on" if BASE_DROPOUT else "off")
+    ap.add_argument("--lr-grid", action="append", default=[], metavar="METHOD=LR,LR",
+                    help="a full-size grid for METHOD, chosen on the dev half of seed 42 (repeatable)")
     ap.add_argument("--proxy-tune", action="store_true",
                     help=f"choose each method's multiplier of its paper rate on a short run ({PROXY}), then stop")
     ap.add_argument("--smoke", action="store_true", help=f"tiny subsets {SMOKE}, results/glue_paper_smoke/")
@@ -307,6 +310,10 @@ def main() -> int:
                     help="measure each method's training throughput on each task (6 steps each, a few minutes)")
     ap.add_argument("--estimate", action="store_true", help="print the plan and its time (measures if needed)")
     args = ap.parse_args()
+    try:
+        args.lr_grid = {m: tuple(float(x) for x in lrs.split(",")) for m, lrs in (g.split("=") for g in args.lr_grid)}
+    except ValueError:
+        ap.error("--lr-grid takes METHOD=LR,LR (e.g. lora=0.0015,0.005)")
     if args.measure:
         measure(args)
     if args.estimate:
