@@ -53,7 +53,7 @@ def glue_section() -> str:
     runs = glue_runs()
     if not runs:
         return "(no run in results/glue_paper/ yet)\n"
-    tasks = list(runs)
+    tasks = sorted(runs, key=list(METRIC).index)
     methods = [m for m in ("loreft", "direft", "lora", "probe") if any(m in runs[t] for t in tasks)]
     lora_params = next((r[0]["parameters"]["adapter"] for t in tasks for m, r in runs[t].items() if m == "lora"), None)
     head = ["| method | adapter params | " + " | ".join(METRIC[t] for t in tasks) + " | avg | min / run |",
@@ -83,6 +83,16 @@ def glue_section() -> str:
                           + ", ".join(f"{_pct(r['eval']['score'])} (s{r['settings']['seed']})" for r in rs) + " | "
                           + ", ".join(f"{r['train']['best_epoch']:g}" for r in rs) + " | "
                           + ", ".join(_pct(r["train"]["best_dev"]) for r in rs) + " |")
+    for t in tasks:
+        chosen = {(m, f"{rs[0]['settings']['lr']:g}") for m, rs in runs[t].items()}
+        for f in sorted((RESULTS / "glue_paper" / t).glob("*-lr*-s*.json")):
+            method, rest = f.stem.split("-lr", 1)
+            if (method, rest.rsplit("-s", 1)[0]) not in chosen:
+                r = json.loads(f.read_text())
+                detail.append(f"| {t} | {NAMES[method]}, rate not chosen | {r['settings']['lr']:g} | "
+                              f"{r['settings']['epochs']:g} | {r['train_examples']:,} | {_pct(r['eval']['score'])} "
+                              f"(s{r['settings']['seed']}) | {r['train']['best_epoch']:g} | "
+                              f"{_pct(r['train']['best_dev'])} |")
     gap = "LoReFT or LoRA has no run yet."
     if "loreft" in means and "lora" in means:
         common = [t for t in tasks if t in means["loreft"] and t in means["lora"]]
