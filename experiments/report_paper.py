@@ -209,7 +209,12 @@ batch 32, linear schedule), the base's dropout on (pyreft's behaviour), the inte
 cleared each step (`pyreft_fixed`; pyvene's `zero_grad` never clears it, see "Parity with pyreft" below). Each
 library predicts the test half with its final parameters (no epoch selection).
 
+**`f3`, the paper's positions** (`glue_parity_sst2`):
+
 {parity_section()}
+**`f1`, where both libraries edit the same positions of every example** (`glue_parity_sst2_f1`; `pyreft_fixed` only):
+
+{parity_section("glue_parity_sst2_f1")}
 ### A decoder task SmolLM2-135M learns: SST-2 as generation (`experiments/decoder_sst2.py`)
 
 `sst2_gen` (`reft.harness.tasks.glue_generation`): the sentence in the Alpaca template with `Answer format:
