@@ -123,7 +123,10 @@ def glue_section() -> str:
         if m != "probe":
             full_rows.append(f"| {NAMES[m]} | " + ", ".join(f"{lr}: {_pct(v)}" for lr, v in c["dev_scores"].items())
                              + f" | {c['lr']:g} |")
-    return "\n".join([*head, "", gap, probe, "", "Per run:", "", *detail, "",
+    head_params = next(r[0]["parameters"]["head"] for t in tasks for r in runs[t].values())
+    note = (f"Adapter parameters exclude the classification head ({head_params:,} on SST-2), which every method, "
+            "the probe included, trains the same way.")
+    return "\n".join([*head, "", note, "", gap, probe, "", "Per run:", "", *detail, "",
                       "Learning rates, chosen on dev halves only, never the test half. First the proxy stage "
                       "(`--proxy-tune`: SST-2, 2,000 training examples, 3 epochs, seed 42), each method's published "
                       "rate × 1, 3, 10:", "", *proxy_rows, "",
