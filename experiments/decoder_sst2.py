@@ -47,16 +47,18 @@ SMOKE = {"train": 16, "eval": 8}
 OUT = RESULTS / "decoder_sst2"
 
 
+def run_dir(method: str, seed: int, smoke: bool):
+    return (RUNS / "decoder_sst2_smoke" if smoke else RUNS / "decoder_sst2") / f"{method}-s{seed}"
+
+
 def one_run(method: str, seed: int, smoke: bool) -> dict:
     model, tokenizer = load_model("smollm2")
     settings = TrainSettings(epochs=EPOCHS, lr=LR[method], batch_size=BATCH, warmup=0.1, max_length=256, seed=seed,
                              logging_steps=10, group_by_length=True)
-    out = (RUNS / "decoder_sst2_smoke" if smoke else RUNS / "decoder_sst2") / f"{method}-s{seed}"
-    result = run_task(model, tokenizer, TASK, method, out, settings=settings, reft_config=REFT, lora=LORA,
-                      train_limit=SMOKE["train"] if smoke else TRAIN, subset_seed=0,
-                      eval_limit=SMOKE["eval"] if smoke else None, max_new_tokens=MAX_NEW_TOKENS,
-                      eval_batch_size=32, progress=False, model_name="smollm2")
-    return result
+    return run_task(model, tokenizer, TASK, method, run_dir(method, seed, smoke), settings=settings, reft_config=REFT,
+                    lora=LORA, train_limit=SMOKE["train"] if smoke else TRAIN, subset_seed=0,
+                    eval_limit=SMOKE["eval"] if smoke else None, max_new_tokens=MAX_NEW_TOKENS,
+                    eval_batch_size=32, progress=False, model_name="smollm2")
 
 
 def dev_score(method: str, seed: int, smoke: bool) -> dict:
@@ -65,7 +67,7 @@ def dev_score(method: str, seed: int, smoke: bool) -> dict:
     from reft.harness.baselines import load_lora
 
     model, tokenizer = load_model("smollm2")
-    folder = (RUNS / "decoder_sst2_smoke" if smoke else RUNS / "decoder_sst2") / f"{method}-s{seed}" / "adapter"
+    folder = run_dir(method, seed, smoke) / "adapter"
     trained = load_lora(model, folder) if method == "lora" else ReftModel.from_pretrained(model, folder)
     ev = evaluate_generation(trained, tokenizer, TASK, "dev", seed=seed, limit=SMOKE["eval"] if smoke else None,
                              batch_size=32, max_new_tokens=MAX_NEW_TOKENS, progress=False)

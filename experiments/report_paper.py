@@ -12,6 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from reft.harness.tasks.glue import LORA_PAPER_LR, PAPER_GLUE  # noqa: E402
 from reft.harness.tasks.glue_generation import extract_label_word  # noqa: E402
 
 RESULTS = ROOT / "results"
@@ -113,7 +114,7 @@ def glue_section() -> str:
     proxy_rows = ["| method | paper rate on SST-2 | dev-half accuracy at ×1 / ×3 / ×10 | chosen |",
                   "|---|---:|---|---:|"]
     for m, c in proxy.items():
-        rate = 5e-4 if m == "lora" else 6e-4
+        rate = LORA_PAPER_LR["sst2"] if m == "lora" else PAPER_GLUE["sst2"].lr
         proxy_rows.append(f"| {NAMES[m]} | {rate:g} | " + " / ".join(_pct(v) for v in c["dev_scores"].values())
                           + f" | ×{c['multiplier']:g} |")
     full_file = RESULTS / "glue_paper" / "sst2" / "chosen.json"
