@@ -34,7 +34,8 @@ Writes ``benchmarks/results/<name>.json`` (settings, every curve per seed, metri
 parameter group moved) and ``<name>.png``; per-run files under ``benchmarks/results/raw/<name>/``.
 Checks: both sides consumed the plan's order; the same optimiser settings; the same first-step loss when nothing
 random acts (``--base-dropout off --head-dropout 0``); every example edited at the same positions (pyreft clips
-``f<p>`` to ⌊n/2⌋ tokens, reft to n: the count of examples where that differs is reported).
+``f<p>`` to ⌊n/2⌋ tokens; reft does too with ``position_rule="half"``, the default here, and clips to n with
+``--position-rule split``: the count of examples where the two differ is reported).
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def make_plan(args, seed: int, raw: Path) -> Path:
           "lr_scheduler_type": "linear", "logging_steps": 1, "seed": seed, "data_seed": seed}
     plan = {"task": spec.name, "num_labels": spec.num_labels, "seed": seed, "model_path": str(minilm_path()),
             "max_length": args.max_length, "positions": args.positions, "rank": args.rank,
+            "position_rule": args.position_rule,
             "dropout": args.dropout, "head_dropout": args.head_dropout, "base_dropout": args.base_dropout == "on",
             "threads": args.threads, "train": train, "test": test, "orders": orders, "init_file": str(init_file),
             "training_arguments": hp}
@@ -103,7 +105,7 @@ def reft_config(args):
     from reft import ReftConfig
 
     return ReftConfig(layers="all", positions=args.positions, rank=args.rank, tied=False, intervention="loreft",
-                      dropout=args.dropout)
+                      dropout=args.dropout, position_rule=args.position_rule)
 
 
 # ---- the reft side -------------------------------------------------------------------------------------------
@@ -148,7 +150,7 @@ def reft_side(plan_path: str, out: str) -> dict:
     model, tokenizer = load_model("minilm")
     torch.manual_seed(plan["seed"])
     config = ReftConfig(layers="all", positions=plan["positions"], rank=plan["rank"], tied=False,
-                        intervention="loreft", dropout=plan["dropout"])
+                        intervention="loreft", dropout=plan["dropout"], position_rule=plan["position_rule"])
     from reft.model.classification import ReftModelForSequenceClassification
 
     reft_model = ReftModelForSequenceClassification(model, config, spec.num_labels, plan["head_dropout"])
@@ -205,8 +207,8 @@ def reft_side(plan_path: str, out: str) -> dict:
     from reft.harness.classification import make_classification_dataset
 
     rows = make_classification_dataset(tokenizer, plan["train"], plan["max_length"])
-    locations = [[p for p in prompt_positions(torch.ones(1, len(r["input_ids"])), None, plan["positions"])[0].tolist()
-                  if p >= 0] for r in rows]
+    locations = [[p for p in prompt_positions(torch.ones(1, len(r["input_ids"])), None, plan["positions"],
+                                              plan["position_rule"])[0].tolist() if p >= 0] for r in rows]
     result = {
         "library": "reft",
         "seed": plan["seed"],
@@ -370,6 +372,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=float, default=10.0)
     ap.add_argument("--seeds", default="42,43,44")
     ap.add_argument("--positions", default=None, help="default: the paper's for the task (f3)")
+    ap.add_argument("--position-rule", choices=["half", "split"], default="half",
+                    help="reft's short-prompt rule: half = pyreft's (each part at most n//2 tokens), split = reft's "
+                         "default (one part clipped to n) (default: %(default)s)")
     ap.add_argument("--rank", type=int, default=1)
     ap.add_argument("--lr", type=float, default=None, help="default: the paper's for the task")
     ap.add_argument("--warmup-ratio", type=float, default=None, help="default: the paper's for the task")
@@ -425,7 +430,8 @@ def main(argv=None) -> int:
                 "params_file": str(raw / f"{name}-s{seed}.safetensors")})
     summary = compare(runs, plans)
     first = plans[0]
-    settings = {k: getattr(args, k) for k in ("task", "limit", "test_limit", "epochs", "seeds", "positions", "rank",
+    settings = {k: getattr(args, k) for k in ("task", "limit", "test_limit", "epochs", "seeds", "positions",
+                                              "position_rule", "rank",
                                               "lr", "warmup_ratio", "batch_size", "max_length", "dropout",
                                               "head_dropout", "base_dropout", "threads")}
     settings |= {"train_examples": len(first["train"]), "test_examples": len(first["test"]),

@@ -14,7 +14,9 @@ Protocol (reft.harness.suite.paper_glue_setup; the paper's Tables 9–10):
   length-grouped batches, the same head (``W_o tanh(W_d h_CLS + b_d) + b_o``) trained with the adapter, the best
   epoch on the dev half, :data:`EPOCHS` epochs, the frozen base's dropout as in
   :data:`reft.harness.classification.BASE_DROPOUT` (measured in docs/results.md);
-* LoReFT / DiReFT: rank 1, every layer, untied, ``block_output``, the task's positions (``f3``) and dropout;
+* LoReFT / DiReFT: rank 1, every layer, untied, ``block_output``, the task's positions (``f3``) under pyreft's
+  ⌊n/2⌋ rule (``position_rule="half"``; ``--position-rule split`` runs reft's default, named ``<method>_split``)
+  and dropout;
 * LoRA: rank 8, α 16, on query and value of every layer (peft), the task's dropout as ``lora_dropout``;
 * probe: the head alone on the frozen encoder;
 * learning rates: LoReFT and DiReFT the paper's per-task rate; LoRA and the probe pick theirs from
@@ -32,6 +34,7 @@ chosen rates, ``results/glue_paper/summary.json`` the table. ``--smoke`` writes 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -43,7 +46,7 @@ setup()
 
 from reft.harness.classification import BASE_DROPOUT  # noqa: E402
 from reft.harness.models import load_model  # noqa: E402
-from reft.harness.suite import paper_glue_setup, run_task  # noqa: E402
+from reft.harness.suite import REFT_METHODS, paper_glue_setup, run_task  # noqa: E402
 from reft.harness.tasks.glue import LORA_PAPER_LR, paper_hyperparameters  # noqa: E402
 
 TASKS = ("sst2", "mrpc", "cola", "rte", "stsb")
@@ -89,19 +92,30 @@ class Sweep:
         self.out = RESULTS / ("glue_paper_smoke" if args.smoke else "glue_paper")
         self.runs = RUNS / ("glue_paper_smoke" if args.smoke else "glue_paper")
 
+    def label(self, method: str) -> str:
+        """The name of a method's results: ReFT under reft's own short-prompt rule is ``<method>_split``."""
+        return f"{method}_split" if method in REFT_METHODS and self.args.position_rule == "split" else method
+
+    def setup(self, task: str, method: str, seed: int, epochs: float, lr: float | None = None):
+        """:func:`paper_glue_setup` with ``--position-rule`` applied to the ReFT config."""
+        settings, config, lora = paper_glue_setup(task, method, seed=seed, epochs=epochs, lr=lr)
+        if config is not None:
+            config = dataclasses.replace(config, position_rule=self.args.position_rule)
+        return settings, config, lora
+
     def path(self, task: str, method: str, lr: float, seed: int):
-        return self.out / task / f"{method}-lr{lr:g}-s{seed}.json"
+        return self.out / task / f"{self.label(method)}-lr{lr:g}-s{seed}.json"
 
     def one(self, task: str, method: str, lr: float, seed: int) -> dict:
         smoke = self.args.smoke
         epochs = SMOKE["epochs"] if smoke else (self.args.epochs or EPOCHS[task])
-        run_dir = self.runs / task / f"{method}-lr{lr:g}-s{seed}"
+        run_dir = self.runs / task / self.path(task, method, lr, seed).stem
         if run_dir.exists() and not self.path(task, method, lr, seed).exists():
             shutil.rmtree(run_dir)  # an interrupted run: nothing to resume (GLUE runs do not checkpoint)
 
         def go() -> dict:
             model, tokenizer = load_model("minilm")
-            settings, config, lora = paper_glue_setup(task, method, seed=seed, epochs=epochs, lr=lr)
+            settings, config, lora = self.setup(task, method, seed, epochs, lr)
             return run_task(model, tokenizer, task, method, run_dir, settings=settings, reft_config=config,
                             lora=lora, train_limit=SMOKE["limit"] if smoke else TRAIN_LIMIT[task], subset_seed=0,
                             dev_limit=SMOKE["dev_limit"] if smoke else None,
@@ -123,12 +137,11 @@ class Sweep:
             scores = {}
             for m in PROXY["multipliers"]:
                 lr = float(f"{paper_lr(task, method) * m:.3g}")
-                path = self.out / "proxy" / f"{task}-{method}-x{m:g}.json"
+                path = self.out / "proxy" / f"{task}-{self.label(method)}-x{m:g}.json"
 
                 def go(lr=lr, method=method, path=path) -> dict:
                     model, tokenizer = load_model("minilm")
-                    settings, config, lora = paper_glue_setup(task, method, seed=TUNE_SEED, epochs=PROXY["epochs"],
-                                                              lr=lr)
+                    settings, config, lora = self.setup(task, method, TUNE_SEED, PROXY["epochs"], lr)
                     return run_task(model, tokenizer, task, method, self.runs / "proxy" / path.stem,
                                     settings=settings, reft_config=config, lora=lora, train_limit=PROXY["limit"],
                                     subset_seed=0, evaluate=False, progress=False, model_name="minilm",
@@ -138,7 +151,7 @@ class Sweep:
                 scores[m] = r["train"]["best_dev"]
                 print(f"proxy {task} {method} x{m:g} (lr {lr:g}): dev {scores[m]:.4f}, {r['wall_s']} s", flush=True)
             best = max(scores, key=lambda m: (scores[m], -m))
-            chosen[method] = {"multiplier": best, "dev_scores": {f"{m:g}": v for m, v in scores.items()}}
+            chosen[self.label(method)] = {"multiplier": best, "dev_scores": {f"{m:g}": v for m, v in scores.items()}}
         path = self.out / "proxy" / "chosen.json"
         old = json.loads(path.read_text()) if path.is_file() else {}
         path.write_text(json.dumps(old | chosen, indent=1) + "\n")
@@ -148,12 +161,12 @@ class Sweep:
         """The grid's best rate by the dev-half score of seed 42 (ties: the smaller rate); never the test half.
         After ``--proxy-tune`` the grid is the one rate ``paper_lr × multiplier``."""
         grid = (self.args.lr_grid[method] if method in self.args.lr_grid
-                else lr_grid(task, method, self.args.tune_reft, proxy_multiplier(self.out, method)))
+                else lr_grid(task, method, self.args.tune_reft, proxy_multiplier(self.out, self.label(method))))
         scores = {lr: self.one(task, method, lr, TUNE_SEED)["train"]["best_dev"] for lr in grid}
         best = max(scores, key=lambda lr: (scores[lr], -lr))
         chosen_file = self.out / task / "chosen.json"
         chosen = json.loads(chosen_file.read_text()) if chosen_file.is_file() else {}
-        chosen[method] = {"lr": best, "dev_scores": {f"{lr:g}": s for lr, s in scores.items()}}
+        chosen[self.label(method)] = {"lr": best, "dev_scores": {f"{lr:g}": s for lr, s in scores.items()}}
         chosen_file.parent.mkdir(parents=True, exist_ok=True)
         chosen_file.write_text(json.dumps(chosen, indent=1) + "\n")
         return best
@@ -164,14 +177,14 @@ class Sweep:
             chosen_file = self.out / task / "chosen.json"
             chosen = json.loads(chosen_file.read_text()) if chosen_file.is_file() else {}
             for method in methods:
-                if method not in chosen:
+                if self.label(method) not in chosen:
                     continue
-                lr = chosen[method]["lr"]
+                lr = chosen[self.label(method)]["lr"]
                 runs = [json.loads(p.read_text()) for s in seeds if (p := self.path(task, method, lr, s)).is_file()]
                 if not runs:
                     continue
                 scores = [r["eval"]["score"] for r in runs]
-                cells.setdefault(task, {})[method] = {
+                cells.setdefault(task, {})[self.label(method)] = {
                     "lr": lr, "seeds": [r["settings"]["seed"] for r in runs], "scores": scores,
                     "mean": statistics.fmean(scores), "sd": statistics.stdev(scores) if len(scores) > 1 else None,
                     "best_epochs": [r["train"]["best_epoch"] for r in runs],
@@ -301,6 +314,9 @@ def main() -> int:
     ap.add_argument("--epochs", type=float, default=None, help="override EPOCHS for every task")
     ap.add_argument("--tune-reft", action="store_true", help="grid the ReFT rates too (×⅓, ×1, ×3 the paper's)")
     ap.add_argument("--base-dropout", choices=["on", "off"], default="on" if BASE_DROPOUT else "off")
+    ap.add_argument("--position-rule", choices=["half", "split"], default="half",
+                    help="ReFT's short-prompt rule: half = pyreft's, the paper's (each part at most n//2 tokens); "
+                         "split = reft's default, results named <method>_split (default: %(default)s)")
     ap.add_argument("--lr-grid", action="append", default=[], metavar="METHOD=LR,LR",
                     help="a full-size grid for METHOD, chosen on the dev half of seed 42 (repeatable)")
     ap.add_argument("--proxy-tune", action="store_true",
@@ -337,7 +353,7 @@ def main() -> int:
                     sweep.one(task, method, lr, seed)
             sweep.table(tasks, methods, seeds)
     summary = sweep.table(tasks, methods, seeds)
-    print(markdown(summary, methods))
+    print(markdown(summary, [sweep.label(m) for m in methods]))
     return 0
 
 

@@ -17,7 +17,8 @@ from reft.harness.tasks.glue_generation import extract_label_word  # noqa: E402
 
 RESULTS = ROOT / "results"
 BENCH = ROOT / "benchmarks" / "results"
-NAMES = {"loreft": "LoReFT", "direft": "DiReFT", "lora": "LoRA", "probe": "probe (head only)", "base": "base model"}
+NAMES = {"loreft": "LoReFT", "loreft_split": "LoReFT, reft's split rule", "direft": "DiReFT", "lora": "LoRA",
+         "probe": "probe (head only)", "base": "base model"}
 METRIC = {"sst2": "SST-2 acc", "cola": "CoLA MCC", "mrpc": "MRPC acc", "rte": "RTE acc", "stsb": "STS-B P/S"}
 
 
@@ -55,7 +56,7 @@ def glue_section() -> str:
     if not runs:
         return "(no run in results/glue_paper/ yet)\n"
     tasks = sorted(runs, key=list(METRIC).index)
-    methods = [m for m in ("loreft", "direft", "lora", "probe") if any(m in runs[t] for t in tasks)]
+    methods = [m for m in NAMES if any(m in runs[t] for t in tasks)]
     lora_params = next((r[0]["parameters"]["adapter"] for t in tasks for m, r in runs[t].items() if m == "lora"), None)
     head = ["| method | adapter params | " + " | ".join(METRIC[t] for t in tasks) + " | avg | min / run |",
             "|---|---:|" + "---:|" * (len(tasks) + 2)]

@@ -116,3 +116,15 @@ def shared_prefix_batch(prefix: int, prompts=(6, 2, 9), response=4):
         r = torch.randint(3, 64, (response,), generator=g).tolist()
         data.append({"input_ids": p + r, "labels": [-100] * len(p) + r, "prompt_lengths": len(p)})
     return ReftDataCollator(pad_token_id=0)(data)
+
+
+def position_loop(n: int, p: int, s: int, rule: str = "split") -> list[int]:
+    """The short-prompt rules of :mod:`reft.positions` written as a plain loop over slots (relative positions,
+    -1 = empty): the reference the vectorised ``prompt_positions`` is tested against."""
+    if rule == "half":  # pyreft 0.1.0's get_intervention_locations, every n
+        p_n, s_n = min(p, n // 2), min(s, n // 2)
+    elif p and s and n < p + s:
+        p_n, s_n = min(p, n // 2), min(s, (n + 1) // 2)
+    else:
+        p_n, s_n = min(p, n), min(s, n)
+    return [j if j < p_n else -1 for j in range(p)] + [n - s_n + j if j < s_n else -1 for j in range(s)]

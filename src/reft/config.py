@@ -12,7 +12,7 @@ from typing import Any
 
 from .interventions import get_intervention_class
 from .interventions.base import make_activation, resolve_dtype
-from .positions import parse_positions
+from .positions import check_rule, parse_positions
 
 COMPONENTS = ("block_output", "block_input", "attention_output", "mlp_output")
 CONFIG_NAME = "reft_config.json"
@@ -49,7 +49,7 @@ def parse_layers(layers: str | int | list[int] | tuple[int, ...], num_layers: in
     return sorted(set(layers))
 
 
-SPEC_FIELDS = ("layers", "component", "positions", "tied", "rank", "intervention", "dropout", "act")
+SPEC_FIELDS = ("layers", "component", "positions", "tied", "rank", "intervention", "dropout", "act", "position_rule")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -83,6 +83,7 @@ class Representation:
     intervention: str = "loreft"
     dropout: float = 0.0
     act: str | None = None
+    position_rule: str = "split"
 
     def validate(self, num_layers: int | None, hidden_size: int | None, where: str = "") -> None:
         """Normalise ``layers``/``positions`` in place; raise ``ValueError`` naming the bad field (and ``where``)."""
@@ -91,6 +92,7 @@ class Representation:
             if self.component not in COMPONENTS:
                 raise ValueError(f"unknown component {self.component!r}: choose one of {list(COMPONENTS)}")
             self.positions = str(parse_positions(self.positions))
+            check_rule(self.position_rule)
             if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
                 raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
             if hidden_size is not None and self.rank > hidden_size:
@@ -133,10 +135,13 @@ class ReftConfig(Representation):
         intervention: registered type: loreft, noreft, consreft, lobireft, direft, orthodireft. Default: ``"loreft"``
         dropout: dropout on the edit. Default: 0.0
         act: activation on ``W h + b`` (relu, gelu, silu, tanh, …) or None. Default: None
+        position_rule: how prompts shorter than the positions are shortened (:mod:`reft.positions`):
+            ``"split"`` (prefix ⌊n/2⌋, suffix ⌈n/2⌉ tokens when both do not fit; one part clipped to n) or
+            ``"half"`` (pyreft's: each part at most ⌊n/2⌋ tokens, as in the paper's runs). Default: ``"split"``
         dtype: intervention parameter dtype; keep fp32 for bf16 models. Default: ``"float32"``
         layers_path: dotted path of the layer list when automatic discovery fails, e.g. ``"model.layers"``.
         representations: several specs in one adapter, each a dict of some of ``layers``, ``component``,
-            ``positions``, ``tied``, ``rank``, ``intervention``, ``dropout``, ``act`` (pyreft's
+            ``positions``, ``tied``, ``rank``, ``intervention``, ``dropout``, ``act``, ``position_rule`` (pyreft's
             ``representations=[{...}, ...]``); a field a spec leaves out takes the flat field's value. Default: None
             (the flat fields are the one spec)
         base_model: name of the base model (filled in on attach; checked on load).

@@ -167,13 +167,14 @@ def tokenize_example(
 
 def make_supervised_dataset(
     tokenizer, prompts: Sequence[str], responses: Sequence[str], *, positions: str | None = None,
-    max_length: int | None = None, add_eos: bool = True, add_bos: bool | None = None,
+    position_rule: str = "split", max_length: int | None = None, add_eos: bool = True, add_bos: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Tokenise parallel lists of prompts and responses (see :func:`tokenize_example`).
 
     Args:
         positions: the config's positions (e.g. ``"f7+l7"``); with ``max_length`` they are checked to fit a
             prompt (:func:`reft.positions.check_positions_fit`) before any tokenisation. Default: not checked.
+        position_rule: the config's ``position_rule``, for that check. Default: ``"split"``
         max_length, add_eos, add_bos: see :func:`tokenize_example`.
 
     Raises:
@@ -187,7 +188,7 @@ def make_supervised_dataset(
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses: they must pair up")
     if positions is not None:
-        check_positions_fit(positions, max_length)
+        check_positions_fit(positions, max_length, position_rule)
     dataset, cut = [], []
     for i, (p, r) in enumerate(zip(prompts, responses)):
         try:

@@ -7,9 +7,12 @@ The convention, written once (training, evaluation and generation all call :func
 * ``"f{p}+l{s}"`` selects the first ``p`` and the last ``s`` prompt tokens: relative positions ``0 … p−1`` and
   ``n−s … n−1``. The last prompt token (``n−1``) is the one whose output predicts the first response token. The
   response is never intervened on; in generation, decoded tokens see the edit only through the KV cache.
-* Short prompts: if both parts are asked for and ``n < p+s``, then ``p ← min(p, ⌊n/2⌋)`` and
-  ``s ← min(s, ⌈n/2⌉)`` (the paper's rule, so prefix and suffix never overlap). With one part only it is clipped
-  to ``n``.
+* Short prompts, rule ``"split"`` (the default): if both parts are asked for and ``n < p+s``, then
+  ``p ← min(p, ⌊n/2⌋)`` and ``s ← min(s, ⌈n/2⌉)`` (prefix and suffix never overlap, every token of a short prompt
+  is edited). With one part only it is clipped to ``n``.
+* Rule ``"half"`` (pyreft's ``get_intervention_locations``, used for the paper's runs): ``p ← min(p, ⌊n/2⌋)`` and
+  ``s ← min(s, ⌊n/2⌋)`` for every prompt, one part or two. ``f3`` edits 2 tokens of a 4-token input; a 1-token
+  prompt gets no edit; the middle token of an odd prompt shorter than ``p+s`` is never edited.
 * Locations are a fixed-size ``LongTensor [batch, p+s]``: slots ``[:p]`` are the prefix, ``[p:]`` the suffix
   (untied interventions use one Φ per part). Slots with no position hold ``-1``; the hook skips them, so they
   never edit any token.
@@ -23,6 +26,16 @@ from dataclasses import dataclass
 import torch
 
 _SPEC = re.compile(r"^\s*(?:f(\d+))?\s*\+?\s*(?:l(\d+))?\s*$")
+#: how short prompts are shortened (module docstring): reft's default, and pyreft's
+POSITION_RULES = ("split", "half")
+
+
+def check_rule(rule: str) -> str:
+    """``rule`` if it is one of :data:`POSITION_RULES`, else a ``ValueError`` naming them."""
+    if rule not in POSITION_RULES:
+        raise ValueError(f"unknown position_rule {rule!r}: choose 'split' (reft's: a short prompt's tokens are "
+                         "split between prefix and suffix) or 'half' (pyreft's: each part at most ⌊n/2⌋ tokens)")
+    return rule
 
 
 @dataclass(frozen=True)
@@ -61,15 +74,16 @@ def parse_positions(spec: str | PositionSpec) -> PositionSpec:
     return PositionSpec(first, last)
 
 
-def check_positions_fit(spec: str | PositionSpec, max_length: int | None) -> PositionSpec:
+def check_positions_fit(spec: str | PositionSpec, max_length: int | None, rule: str = "split") -> PositionSpec:
     """Refuse positions that no prompt can hold when examples are cut to ``max_length`` tokens.
 
     A training example keeps at least one response token, so its prompt has at most ``max_length − 1`` tokens.
-    If ``p + s`` exceeds that, *every* example would be shortened by the ⌊n/2⌋ rule: the spec cannot be what
-    was meant. Shorter prompts in a dataset that also has long ones are fine (that is what the rule is for).
+    If even that prompt gets fewer than ``p + s`` positions under ``rule``, *every* example would be shortened:
+    the spec cannot be what was meant. Shorter prompts in a dataset that also has long ones are fine (that is what
+    the rule is for).
 
     Raises:
-        ValueError: ``p + s > max_length − 1``, naming the largest spec that fits.
+        ValueError: the longest possible prompt is shortened, naming the largest spec that fits.
 
     Example:
         >>> check_positions_fit("f7+l7", 512)
@@ -79,25 +93,32 @@ def check_positions_fit(spec: str | PositionSpec, max_length: int | None) -> Pos
     if max_length is None:
         return spec
     room = max_length - 1
-    if spec.width > room:
-        hint = str(PositionSpec(*split_counts(room, spec.first, spec.last))) if room > 0 else "none"
+    fits = split_counts(room, spec.first, spec.last, rule) if room > 0 else (0, 0)
+    if fits != (spec.first, spec.last):
+        hint = str(PositionSpec(*fits)) if any(fits) else "none"
+        widest = 2 * max(spec.first, spec.last)
+        need = "" if rule == "split" else f" (position_rule 'half' gives them to prompts of ≥ {widest})"
         raise ValueError(
-            f"positions {str(spec)!r} ask for {spec.width} prompt tokens but with max_length={max_length} a prompt "
-            f"holds at most {room} (one token is kept for the response): every example would be shortened. "
+            f"positions {str(spec)!r} ask for {spec.width} prompt tokens{need} but with max_length={max_length} a "
+            f"prompt holds at most {room} (one token is kept for the response): every example would be shortened. "
             f"Raise max_length or choose fewer positions (largest that fits: {hint})"
         )
     return spec
 
 
-def split_counts(n: int, first: int, last: int) -> tuple[int, int]:
-    """How many prefix and suffix positions a prompt of ``n`` tokens gets.
+def split_counts(n: int, first: int, last: int, rule: str = "split") -> tuple[int, int]:
+    """How many prefix and suffix positions a prompt of ``n`` tokens gets under ``rule``.
 
     Example:
         >>> split_counts(5, 7, 7), split_counts(1, 7, 7), split_counts(20, 7, 7), split_counts(3, 5, 0)
         ((2, 3), (0, 1), (7, 7), (3, 0))
+        >>> split_counts(5, 7, 7, "half"), split_counts(1, 7, 7, "half"), split_counts(4, 3, 0, "half")
+        ((2, 2), (0, 0), (2, 0))
     """
     if n <= 0:
         raise ValueError("empty prompt (0 tokens): every example needs at least one prompt token to intervene on")
+    if check_rule(rule) == "half":
+        return min(first, n // 2), min(last, n // 2)
     if first and last:
         if n < first + last:
             return min(first, n // 2), min(last, (n + 1) // 2)
@@ -106,7 +127,7 @@ def split_counts(n: int, first: int, last: int) -> tuple[int, int]:
 
 
 def prompt_positions(
-    attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None, spec: str | PositionSpec
+    attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None, spec: str | PositionSpec, rule: str = "split"
 ) -> torch.LongTensor:
     """Absolute positions to intervene on, ``[batch, p+s]``, ``-1`` for empty slots.
 
@@ -114,6 +135,7 @@ def prompt_positions(
         attention_mask (Tensor): ``[batch, seq]``, 1 on real tokens (left or right padded, contiguous).
         prompt_lengths (Tensor | None): ``[batch]`` prompt token counts; ``None`` = every attended token is prompt.
         spec (str | PositionSpec): e.g. ``"f7+l7"``.
+        rule (str): how short prompts are shortened, ``"split"`` or ``"half"`` (module docstring).
 
     Raises:
         ValueError: a row with an empty prompt, or a prompt longer than the row.
@@ -122,8 +144,11 @@ def prompt_positions(
         >>> m = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 0, 0, 1, 1, 1]])
         >>> prompt_positions(m, None, "f1+l2").tolist()
         [[0, 3, 4], [3, 4, 5]]
+        >>> prompt_positions(m, None, "f3", "half").tolist()
+        [[0, 1, -1], [3, -1, -1]]
     """
     spec = parse_positions(spec)
+    check_rule(rule)
     mask = attention_mask.bool()
     bsz, seq = mask.shape
     lengths = mask.sum(1) if prompt_lengths is None else torch.as_tensor(prompt_lengths, device=mask.device).long()
@@ -134,9 +159,13 @@ def prompt_positions(
         raise ValueError("a prompt length exceeds the row's attended tokens: check prompt_lengths and attention_mask")
     start = mask.long().argmax(1)  # index of the first attended token; 0 for right padding
 
-    # p_i = min(p, ⌊n/2⌋), s_i = min(s, ⌈n/2⌉) when n < p+s and both are asked for; else clip to n
+    # split: p_i = min(p, ⌊n/2⌋), s_i = min(s, ⌈n/2⌉) when n < p+s and both are asked for; else clip to n
+    # half: p_i = min(p, ⌊n/2⌋), s_i = min(s, ⌊n/2⌋)
     n = lengths
-    if spec.first and spec.last:
+    if rule == "half":
+        p = torch.clamp(n // 2, max=spec.first)
+        s = torch.clamp(n // 2, max=spec.last)
+    elif spec.first and spec.last:
         short = n < spec.width
         p = torch.where(short, torch.clamp(n // 2, max=spec.first), torch.full_like(n, spec.first))
         s = torch.where(short, torch.clamp((n + 1) // 2, max=spec.last), torch.full_like(n, spec.last))

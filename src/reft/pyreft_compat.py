@@ -44,7 +44,7 @@ from torch import nn
 from .config import COMPONENTS, ReftConfig
 from .interventions import get_intervention_class
 from .interventions.orthogonal import INIT_SCALE
-from .positions import parse_positions
+from .positions import check_rule, parse_positions
 from .save_load import ADAPTER_FILES, atomic_directory, write_adapter_state
 
 _FIELDS = (
@@ -208,6 +208,7 @@ def import_pyreft(
     positions: str | None = None,
     act: str | None = None,
     dropout: float = 0.0,
+    position_rule: str = "half",
 ) -> ReftConfig:
     """Convert a directory written by pyreft's ``ReftModel.save`` into a reft adapter in ``dst_dir``.
 
@@ -220,6 +221,8 @@ def import_pyreft(
             (the paper). Required: pyreft does not store them.
         act: activation pyreft's ``act_fn`` used (``None`` = linear, pyreft's default). Not stored by pyreft.
         dropout: dropout for continued training. Default: 0.0
+        position_rule: how short prompts are shortened (:mod:`reft.positions`). Default: ``"half"``, pyreft's
+            ``get_intervention_locations`` (each part at most ⌊n/2⌋ tokens), so the adapter edits what it did there.
 
     Returns:
         ReftConfig: the config written to ``dst_dir``; load with ``ReftModel.from_pretrained(model, dst_dir)``.
@@ -232,6 +235,7 @@ def import_pyreft(
         raise ValueError("pyreft does not store intervention positions: pass positions= as used in training, "
                          "e.g. positions='l1' (pyreft's quickstart) or positions='f7+l7' (the paper's setting)")
     spec = parse_positions(positions)
+    check_rule(position_rule)
     src = os.fspath(src_dir)
     data = _read_config(src)
     reps = [_representation(r, i) for i, r in enumerate(data["representations"])]
@@ -280,7 +284,7 @@ def import_pyreft(
         untied = any(k.endswith("_first") for k in _layout(layers, spec.first, spec.last))
         specs.append({"layers": sorted(set(layers)), "component": component, "positions": str(spec),
                       "tied": not untied, "rank": rank, "intervention": _TYPES[kind],
-                      "act": None if act == "linear" else act, "dropout": dropout})
+                      "act": None if act == "linear" else act, "dropout": dropout, "position_rule": position_rule})
 
     sample = next(k for k in state if k.endswith(("source.weight", "rotate.weight")))
     # W: [r, d]; ConsReFT/LoBiReFT have only R: [d, r]

@@ -20,7 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from .data import IGNORE_INDEX
 from .model.layers import is_peft_model
-from .positions import parse_positions
+from .positions import PositionSpec, parse_positions, split_counts
 from .save_load import (
     WEIGHTS_NAME,
     atomic_write_text,
@@ -241,11 +241,13 @@ class ReftTrainer(Trainer):
         if config is None or not lengths:
             return
         spec = parse_positions(config.positions)
-        if max(lengths) < spec.width:
+        fits = split_counts(max(lengths), spec.first, spec.last, config.position_rule)
+        if fits != (spec.first, spec.last):
             warnings.warn(
                 f"positions {config.positions!r} ask for {spec.width} prompt tokens but the longest training prompt "
-                f"has {max(lengths)}: every example is shortened by the ⌊n/2⌋ rule. Choose fewer positions "
-                f"(at most f{max(lengths) // 2}+l{(max(lengths) + 1) // 2}) or longer prompts",
+                f"({max(lengths)} tokens) gets {sum(fits)} under position_rule {config.position_rule!r}: every "
+                f"example is shortened by the ⌊n/2⌋ rule. Choose fewer positions (at most "
+                f"{str(PositionSpec(*fits)) or 'none'}) or longer prompts",
                 stacklevel=3,
             )
 

@@ -37,7 +37,8 @@ def test_positions_that_no_prompt_can_hold_are_refused_before_tokenising():
 
 def test_positions_longer_than_every_training_prompt_warn(tmp_path):
     data = token_examples(4, prompt=3)  # prompts of 3…6 tokens
-    with pytest.warns(UserWarning, match=r"ask for 14 prompt tokens but the longest training prompt has 6.*f3\+l3"):
+    with pytest.warns(UserWarning, match=r"ask for 14 prompt tokens but the longest training prompt \(6 tokens\) "
+                                         r"gets 6.*f3\+l3"):
         make_trainer(tmp_path, config=ReftConfig(layers=[1], positions="f7+l7"), data=data)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+from conftest import position_loop as _loop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,26 +40,14 @@ def _mask(rows, side: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return mask, torch.tensor([n for n, _, _ in rows]), torch.tensor(starts)
 
 
-def _loop(n: int, p: int, s: int) -> list[int]:
-    """The rule written as a plain loop over slots (relative positions, -1 = empty)."""
-    if p and s and n < p + s:
-        p_n, s_n = min(p, n // 2), min(s, (n + 1) // 2)
-    else:
-        p_n, s_n = min(p, n), min(s, n)
-    out = []
-    for j in range(p):
-        out.append(j if j < p_n else -1)
-    for j in range(s):
-        out.append(n - s_n + j if j < s_n else -1)
-    return out
 
 
 @SETTINGS
-@given(batches(), st.sampled_from(["left", "right"]))
-def test_positions_in_range_inside_the_prompt_and_equal_to_a_loop(batch, side):
+@given(batches(), st.sampled_from(["left", "right"]), st.sampled_from(["split", "half"]))
+def test_positions_in_range_inside_the_prompt_and_equal_to_a_loop(batch, side, rule):
     rows, spec = batch
     mask, lengths, starts = _mask(rows, side)
-    got = prompt_positions(mask, lengths, spec)
+    got = prompt_positions(mask, lengths, spec, rule)
     assert got.shape == (len(rows), spec.width) and got.dtype == torch.long
     for i, (n, _, _) in enumerate(rows):
         row = got[i].tolist()
@@ -66,12 +55,12 @@ def test_positions_in_range_inside_the_prompt_and_equal_to_a_loop(batch, side):
         real = [p for p in row if p >= 0]
         assert all(start <= p < start + n for p in real)  # inside the prompt, never the response or padding
         assert all(p < mask.shape[1] and bool(mask[i, p]) for p in real)
-        assert row == [start + r if r >= 0 else -1 for r in _loop(n, spec.first, spec.last)]
+        assert row == [start + r if r >= 0 else -1 for r in _loop(n, spec.first, spec.last, rule)]
         prefix = [p for p in row[: spec.first] if p >= 0]
         suffix = [p for p in row[spec.first:] if p >= 0]
         assert not set(prefix) & set(suffix)  # prefix and suffix never overlap
         assert len(set(prefix)) == len(prefix) and len(set(suffix)) == len(suffix)
-        assert real  # every prompt gets at least one position
+        assert real or (rule == "half" and n == 1)  # every prompt but pyreft's 1-token one gets a position
 
 
 @SETTINGS

@@ -103,6 +103,7 @@ def test_loreft_effective_rotation(tmp_path):
     rot, (w, b) = _orthonormal(D, R, 1), _linear(2)
     config, model = _converted(tmp_path, "LoreftIntervention", [{"weight": w, "bias": b, "rotate_layer": rot}])
     assert config.intervention == "loreft" and config.layers == [1] and config.hidden_size == D
+    assert config.position_rule == model.reft_config.position_rule == "half"  # pyreft edited ⌊n/2⌋ per part
     h = _h()
     # pyreft: Φ(h) = h + (W h + b − R h) Rᵀ with R the stored [d, r] matrix (orthonormal columns)
     expected = h + (h @ w.T + b - h @ rot) @ rot.T

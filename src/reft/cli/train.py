@@ -43,9 +43,9 @@ GLUE tasks (--model minilm) train a classification head with the interventions, 
 half and report on the held-out test half. --method lora trains the LoRA baseline (peft) on the same data,
 --method probe the head alone on the frozen encoder. GLUE batches are grouped by length (--no-group-by-length:
 random batches). --paper-hparams fills every option not given with the paper's GLUE protocol
-(reft.harness.tasks.glue.PAPER_GLUE): rank 1, all layers, untied, the task's positions, dropout, learning rate
-and warm-up ratio, batch 32, weight decay 0, linear schedule, max length 256, 10 epochs. The paper's learning
-rates are LoReFT's: give --lr for lora/probe (picked on the dev half).
+(reft.harness.tasks.glue.PAPER_GLUE): rank 1, all layers, untied, the task's positions (pyreft's n//2 rule),
+dropout, learning rate and warm-up ratio, batch 32, weight decay 0, linear schedule, max length 256, 10 epochs.
+The paper's learning rates are LoReFT's: give --lr for lora/probe (picked on the dev half).
 """
 
 #: the frozen base's dropout during GLUE training unless --base-dropout says otherwise: the CLI's spelling of
@@ -53,7 +53,7 @@ rates are LoReFT's: give --lr for lora/probe (picked on the dev half).
 BASE_DROPOUT_DEFAULT = "off"
 #: what an option not given on the command line means without --paper-hparams
 PLAIN_DEFAULTS = {"epochs": 3.0, "layers": "all", "rank": 4, "dropout": 0.0, "batch_size": 8, "weight_decay": 0.0,
-                  "max_length": 512, "warmup_ratio": 0.0, "tied": True}
+                  "max_length": 512, "warmup_ratio": 0.0, "tied": True, "position_rule": "split"}
 
 
 def add_parser(sub) -> None:
@@ -72,6 +72,10 @@ def add_parser(sub) -> None:
     g.add_argument("--positions", default=None,
                    help="first/last prompt tokens: f7+l7, l1, f1 (= [CLS]) (default: f1 for GLUE tasks, else f7+l7; "
                         "--paper-hparams: the task's, e.g. f3)")
+    g.add_argument("--position-rule", choices=["split", "half"], default=None,
+                   help="prompts shorter than the positions: split (reft's: both parts share the prompt, one part "
+                        "clipped to n) or half (pyreft's: each part at most n//2 tokens) (default: split; "
+                        "--paper-hparams: half)")
     g.add_argument("--untied", dest="tied", action="store_const", const=False, default=None,
                    help="separate interventions for prefix and suffix")
     g.add_argument("--rank", type=positive_int, default=None, help="low rank r (default: 4; --paper-hparams: 1)")
@@ -173,6 +177,7 @@ def _fill_defaults(args: argparse.Namespace, method: str) -> None:
             raise UserError(f"--paper-hparams: {e}") from None
         paper = {"layers": PAPER_GLUE_SHARED["layers"], "rank": PAPER_GLUE_SHARED["rank"],
                  "tied": PAPER_GLUE_SHARED["tied"], "batch_size": PAPER_GLUE_SHARED["batch_size"],
+                 "position_rule": PAPER_GLUE_SHARED["position_rule"],
                  "weight_decay": PAPER_GLUE_SHARED["weight_decay"], "max_length": PAPER_GLUE_SHARED["max_length"],
                  "warmup_ratio": hp.warmup_ratio, "positions": hp.positions, "lr": hp.lr,
                  "dropout": hp.dropout, "epochs": 10.0}
@@ -247,7 +252,7 @@ def _train_data(args: argparse.Namespace, method: str, settings, config, rows: l
 def _reft_config(args: argparse.Namespace, method: str, cls, *, glue: bool):
     positions = args.positions or ("f1" if glue else "f7+l7")
     return cls(layers=args.layers, positions=positions, tied=args.tied, rank=args.rank, intervention=method,
-               component=args.component, act=args.act, dropout=args.dropout)
+               component=args.component, act=args.act, dropout=args.dropout, position_rule=args.position_rule)
 
 
 def _lora_settings(args: argparse.Namespace):

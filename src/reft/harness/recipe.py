@@ -159,7 +159,7 @@ def train_reft(
         config = dataclasses.replace(config, prompt_format=prompt_format)
     with run_folder(out_dir, resume=resume) as out_dir:
         dataset = make_supervised_dataset(tokenizer, prompts, responses, max_length=settings.max_length,
-                                          positions=config.positions)
+                                          positions=config.positions, position_rule=config.position_rule)
         check_fits_context(dataset, model)
         torch.manual_seed(settings.seed)
         reft_model = get_reft_model(model, config)

@@ -37,7 +37,7 @@ def build_plan(configs: Mapping[str, ReftConfig], rows: Rows, attention_mask: to
     and ``weight=None`` when it covers the whole batch at weight 1, the case the training engine needs)."""
     batch = attention_mask.shape[0]
     plan: Plan = {}
-    positions_of: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+    positions_of: dict[tuple[str, str, tuple[int, ...]], torch.Tensor] = {}
     device = attention_mask.device
     for name in sorted(rows):
         mine, weights = rows[name]
@@ -47,9 +47,9 @@ def build_plan(configs: Mapping[str, ReftConfig], rows: Rows, attention_mask: to
         mask = attention_mask if every else attention_mask[index]
         lengths = prompt_lengths if every or prompt_lengths is None else torch.as_tensor(prompt_lengths)[index]
         for j, spec in enumerate(configs[name].specs):
-            key = (spec.positions, tuple(mine))
+            key = (spec.positions, spec.position_rule, tuple(mine))
             if key not in positions_of:
-                positions_of[key] = prompt_positions(mask, lengths, spec.positions)
+                positions_of[key] = prompt_positions(mask, lengths, spec.positions, spec.position_rule)
             plan[(name, j)] = Placement(positions_of[key], index, weight)
     return plan or None
 

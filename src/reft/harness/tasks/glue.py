@@ -74,9 +74,11 @@ PAPER_GLUE: dict[str, GlueHyperparameters] = {
     "qnli": GlueHyperparameters(lr=9e-4, dropout=0.05, warmup_ratio=0.10, positions="f11"),
 }
 #: settings the paper shares across GLUE tasks (pyreft's examples/loreft: ``-l all -r 1 --batch_size 32
-#: --max_length 256 --weight_decay 0``, linear schedule, ``adamw_torch``)
+#: --max_length 256 --weight_decay 0``, linear schedule, ``adamw_torch``; positions by pyreft's
+#: ``get_intervention_locations``: each part at most ⌊n/2⌋ tokens, :mod:`reft.positions` rule ``"half"``)
 PAPER_GLUE_SHARED: dict[str, object] = {"rank": 1, "layers": "all", "tied": False, "batch_size": 32,
-                                        "weight_decay": 0.0, "scheduler": "linear", "max_length": 256}
+                                        "weight_decay": 0.0, "scheduler": "linear", "max_length": 256,
+                                        "position_rule": "half"}
 
 
 #: the LoRA baseline's published per-task learning rates (Hu et al. 2021, arXiv 2106.09685, Table 9, RoBERTa-base,
