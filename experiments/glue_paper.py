@@ -96,12 +96,15 @@ class Sweep:
         """The name of a method's results: ReFT under reft's own short-prompt rule is ``<method>_split``."""
         return f"{method}_split" if method in REFT_METHODS and self.args.position_rule == "split" else method
 
-    def setup(self, task: str, method: str, seed: int, epochs: float, lr: float | None = None):
-        """:func:`paper_glue_setup` with ``--position-rule`` applied to the ReFT config."""
+    def train(self, task: str, method: str, run_dir, *, seed: int, epochs: float, lr: float, **options) -> dict:
+        """One run of the protocol (:func:`paper_glue_setup`, ``--position-rule`` applied to the ReFT config)."""
         settings, config, lora = paper_glue_setup(task, method, seed=seed, epochs=epochs, lr=lr)
         if config is not None:
             config = dataclasses.replace(config, position_rule=self.args.position_rule)
-        return settings, config, lora
+        model, tokenizer = load_model("minilm")
+        return run_task(model, tokenizer, task, method, run_dir, settings=settings, reft_config=config, lora=lora,
+                        subset_seed=0, progress=False, model_name="minilm",
+                        base_dropout=self.args.base_dropout == "on", **options)
 
     def path(self, task: str, method: str, lr: float, seed: int):
         return self.out / task / f"{self.label(method)}-lr{lr:g}-s{seed}.json"
@@ -114,13 +117,10 @@ class Sweep:
             shutil.rmtree(run_dir)  # an interrupted run: nothing to resume (GLUE runs do not checkpoint)
 
         def go() -> dict:
-            model, tokenizer = load_model("minilm")
-            settings, config, lora = self.setup(task, method, seed, epochs, lr)
-            return run_task(model, tokenizer, task, method, run_dir, settings=settings, reft_config=config,
-                            lora=lora, train_limit=SMOKE["limit"] if smoke else TRAIN_LIMIT[task], subset_seed=0,
-                            dev_limit=SMOKE["dev_limit"] if smoke else None,
-                            eval_limit=SMOKE["eval_limit"] if smoke else None, progress=False, model_name="minilm",
-                            base_dropout=self.args.base_dropout == "on")
+            return self.train(task, method, run_dir, seed=seed, epochs=epochs, lr=lr,
+                              train_limit=SMOKE["limit"] if smoke else TRAIN_LIMIT[task],
+                              dev_limit=SMOKE["dev_limit"] if smoke else None,
+                              eval_limit=SMOKE["eval_limit"] if smoke else None)
 
         had = self.path(task, method, lr, seed).is_file()
         r = run_once(self.path(task, method, lr, seed), go)
@@ -140,12 +140,8 @@ class Sweep:
                 path = self.out / "proxy" / f"{task}-{self.label(method)}-x{m:g}.json"
 
                 def go(lr=lr, method=method, path=path) -> dict:
-                    model, tokenizer = load_model("minilm")
-                    settings, config, lora = self.setup(task, method, TUNE_SEED, PROXY["epochs"], lr)
-                    return run_task(model, tokenizer, task, method, self.runs / "proxy" / path.stem,
-                                    settings=settings, reft_config=config, lora=lora, train_limit=PROXY["limit"],
-                                    subset_seed=0, evaluate=False, progress=False, model_name="minilm",
-                                    base_dropout=self.args.base_dropout == "on")
+                    return self.train(task, method, self.runs / "proxy" / path.stem, seed=TUNE_SEED,
+                                      epochs=PROXY["epochs"], lr=lr, train_limit=PROXY["limit"], evaluate=False)
 
                 r = run_once(path, go)
                 scores[m] = r["train"]["best_dev"]
