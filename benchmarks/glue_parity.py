@@ -92,7 +92,7 @@ def make_plan(args, seed: int, raw: Path) -> Path:
           "lr_scheduler_type": "linear", "logging_steps": 1, "seed": seed, "data_seed": seed}
     plan = {"task": spec.name, "num_labels": spec.num_labels, "seed": seed, "model_path": str(minilm_path()),
             "max_length": args.max_length, "positions": args.positions, "rank": args.rank,
-            "position_rule": args.position_rule,
+            "position_rule": args.position_rule, "reft_rotation": args.reft_rotation,
             "dropout": args.dropout, "head_dropout": args.head_dropout, "base_dropout": args.base_dropout == "on",
             "threads": args.threads, "train": train, "test": test, "orders": orders, "init_file": str(init_file),
             "training_arguments": hp}
@@ -109,6 +109,26 @@ def reft_config(args):
 
 
 # ---- the reft side -------------------------------------------------------------------------------------------
+def householder_basis(r0):
+    """A module returning R ``[d, r]`` held under torch's ``orthogonal`` parametrisation (Householder for d > r), as
+    pyreft holds it: the ``--reft-rotation householder`` diagnostic, which swaps reft's QR-of-A parametrisation
+    for pyreft's. R starts at ``r0`` (assigned through right_inverse, as the peer assigns rotate_layer.weight)."""
+    import torch
+
+    class TorchOrthogonalBasis(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.holder = torch.nn.Module()
+            self.holder.weight = torch.nn.Parameter(torch.empty_like(r0))
+            torch.nn.utils.parametrizations.orthogonal(self.holder)
+            self.holder.weight = r0
+
+        def forward(self):
+            return self.holder.weight
+
+    return TorchOrthogonalBasis()
+
+
 class PlanSampler:
     """Yields the plan's order for epoch 1, 2, … on successive iterations (and records what it yielded)."""
 
@@ -159,7 +179,10 @@ def reft_side(plan_path: str, out: str) -> dict:
         reft_model.head.load_state_dict({k[len("head."):]: v for k, v in init.items() if k.startswith("head.")})
         for name, iv in reft_model.interventions.items():
             layer = int(name.removeprefix("layer"))
-            iv.rotate.weight.copy_(INIT_SCALE * init[f"layer{layer}.R"])
+            if plan.get("reft_rotation", "qr") == "householder":
+                iv.rotate = householder_basis(init[f"layer{layer}.R"])
+            else:
+                iv.rotate.weight.copy_(INIT_SCALE * init[f"layer{layer}.R"])
             iv.source.weight.copy_(init[f"layer{layer}.W"])
             iv.source.bias.copy_(init[f"layer{layer}.b"])
     hp = plan["training_arguments"]
@@ -197,9 +220,12 @@ def reft_side(plan_path: str, out: str) -> dict:
     final = {f"head.{k}": v.detach().contiguous() for k, v in reft_model.head.state_dict().items()}
     for name, iv in reft_model.interventions.items():
         layer = int(name.removeprefix("layer"))
-        final[f"layer{layer}.R"] = orthonormalize(iv.rotate.weight.detach()).contiguous()
         final[f"layer{layer}.W"] = iv.source.weight.detach().contiguous()
         final[f"layer{layer}.b"] = iv.source.bias.detach().contiguous()
+        if hasattr(iv.rotate, "holder"):  # householder_basis
+            final[f"layer{layer}.R"] = iv.rotate().detach().contiguous()
+            continue
+        final[f"layer{layer}.R"] = orthonormalize(iv.rotate.weight.detach()).contiguous()
         final[f"layer{layer}.A_norm"] = iv.rotate.weight.detach().norm(dim=0).contiguous()  # ‖A‖ per column
     save_file(final, out.removesuffix(".json") + ".safetensors")
     preds = predict_classification(reft_model, tokenizer, plan["test"], num_labels=spec.num_labels,
@@ -375,6 +401,9 @@ def main(argv=None) -> int:
     ap.add_argument("--position-rule", choices=["half", "split"], default="half",
                     help="reft's short-prompt rule: half = pyreft's (each part at most n//2 tokens), split = reft's "
                          "default (one part clipped to n) (default: %(default)s)")
+    ap.add_argument("--reft-rotation", choices=["qr", "householder"], default="qr",
+                    help="reft's parametrisation of R: qr = the library's (QR of A, ‖A‖ = 1/2), householder = "
+                         "torch's orthogonal parametrisation as pyreft uses it (a diagnostic) (default: %(default)s)")
     ap.add_argument("--rank", type=int, default=1)
     ap.add_argument("--lr", type=float, default=None, help="default: the paper's for the task")
     ap.add_argument("--warmup-ratio", type=float, default=None, help="default: the paper's for the task")
@@ -431,7 +460,7 @@ def main(argv=None) -> int:
     summary = compare(runs, plans)
     first = plans[0]
     settings = {k: getattr(args, k) for k in ("task", "limit", "test_limit", "epochs", "seeds", "positions",
-                                              "position_rule", "rank",
+                                              "position_rule", "reft_rotation", "rank",
                                               "lr", "warmup_ratio", "batch_size", "max_length", "dropout",
                                               "head_dropout", "base_dropout", "threads")}
     settings |= {"train_examples": len(first["train"]), "test_examples": len(first["test"]),

@@ -15,7 +15,8 @@ Protocol (reft.harness.suite.paper_glue_setup; the paper's Tables 9–10):
   epoch on the dev half, :data:`EPOCHS` epochs, the frozen base's dropout as in
   :data:`reft.harness.classification.BASE_DROPOUT` (measured in docs/results.md);
 * LoReFT / DiReFT: rank 1, every layer, untied, ``block_output``, the task's positions (``f3``) under pyreft's
-  ⌊n/2⌋ rule (``position_rule="half"``; ``--position-rule split`` runs reft's default, named ``<method>_split``)
+  ⌊n/2⌋ rule (``position_rule="half"``; ``--position-rule split`` runs reft's default, named ``<method>_split``),
+  R under pyreft's parametrisation (``rotation="householder"``; ``--rotation qr``: reft's, named ``<method>_qr``)
   and dropout;
 * LoRA: rank 8, α 16, on query and value of every layer (peft), the task's dropout as ``lora_dropout``;
 * probe: the head alone on the frozen encoder;
@@ -47,7 +48,7 @@ setup()
 from reft.harness.classification import BASE_DROPOUT  # noqa: E402
 from reft.harness.models import load_model  # noqa: E402
 from reft.harness.suite import REFT_METHODS, paper_glue_setup, run_task  # noqa: E402
-from reft.harness.tasks.glue import LORA_PAPER_LR, paper_hyperparameters  # noqa: E402
+from reft.harness.tasks.glue import LORA_PAPER_LR, paper_hyperparameters, paper_rotation  # noqa: E402
 
 TASKS = ("sst2", "mrpc", "cola", "rte", "stsb")
 METHODS = ("loreft", "direft", "lora", "probe")
@@ -93,14 +94,19 @@ class Sweep:
         self.runs = RUNS / ("glue_paper_smoke" if args.smoke else "glue_paper")
 
     def label(self, method: str) -> str:
-        """The name of a method's results: ReFT under reft's own short-prompt rule is ``<method>_split``."""
-        return f"{method}_split" if method in REFT_METHODS and self.args.position_rule == "split" else method
+        """The name of a method's results: ReFT off the protocol carries what differs, ``<method>_split`` (reft's
+        short-prompt rule), ``<method>_qr`` (reft's QR rotation), ``<method>_split_qr``."""
+        if method not in REFT_METHODS:
+            return method
+        qr = self.args.rotation == "qr" and paper_rotation(method) != "qr"  # a method without R has no rotation
+        return method + "_split" * (self.args.position_rule == "split") + "_qr" * qr
 
     def train(self, task: str, method: str, run_dir, *, seed: int, epochs: float, lr: float, **options) -> dict:
         """One run of the protocol (:func:`paper_glue_setup`, ``--position-rule`` applied to the ReFT config)."""
         settings, config, lora = paper_glue_setup(task, method, seed=seed, epochs=epochs, lr=lr)
         if config is not None:
-            config = dataclasses.replace(config, position_rule=self.args.position_rule)
+            rotation = "qr" if self.args.rotation == "qr" else paper_rotation(method)
+            config = dataclasses.replace(config, position_rule=self.args.position_rule, rotation=rotation)
         model, tokenizer = load_model("minilm")
         return run_task(model, tokenizer, task, method, run_dir, settings=settings, reft_config=config, lora=lora,
                         subset_seed=0, progress=False, model_name="minilm",
@@ -313,6 +319,9 @@ def main() -> int:
     ap.add_argument("--position-rule", choices=["half", "split"], default="half",
                     help="ReFT's short-prompt rule: half = pyreft's, the paper's (each part at most n//2 tokens); "
                          "split = reft's default, results named <method>_split (default: %(default)s)")
+    ap.add_argument("--rotation", choices=["householder", "qr"], default="householder",
+                    help="ReFT's R: householder = torch's orthogonal parametrisation, pyreft's (the paper's); qr = "
+                         "reft's default, results named <method>_qr (default: %(default)s)")
     ap.add_argument("--lr-grid", action="append", default=[], metavar="METHOD=LR,LR",
                     help="a full-size grid for METHOD, chosen on the dev half of seed 42 (repeatable)")
     ap.add_argument("--proxy-tune", action="store_true",

@@ -214,7 +214,16 @@ batch 32, linear schedule), the base's dropout on (pyreft's behaviour), the inte
 cleared each step (`pyreft_fixed`; pyvene's `zero_grad` never clears it, see "Parity with pyreft" below). Each
 library predicts the test half with its final parameters (no epoch selection).
 
-**`f3`, the paper's positions** (`glue_parity_sst2`):
+**`f3`, the paper's positions, reft under pyreft's position rule** (`position_rule="half"`, the same positions in
+every example; `glue_parity_sst2_half`):
+
+{parity_section("glue_parity_sst2_half")}
+**`f3` with nothing random** (the base's and the head's dropout off, so both libraries compute the same function
+of the same data; `glue_parity_sst2_half_nodropout`, `pyreft_fixed` only):
+
+{parity_section("glue_parity_sst2_half_nodropout")}
+**`f3`, reft's own rule** (`position_rule="split"`: a 4-token input gets 3 edited tokens, pyreft's 2;
+`glue_parity_sst2`):
 
 {parity_section()}
 **`f1`, where both libraries edit the same positions of every example** (`glue_parity_sst2_f1`; `pyreft_fixed` only):

@@ -22,9 +22,11 @@ def _trained(model, **cfg):
     return reft_model.eval()
 
 
-@pytest.mark.parametrize("kind", ["loreft", "noreft", "consreft", "lobireft", "direft", "orthodireft"])
-def test_save_load_identical_logits(tmp_path, kind):
-    reft_model = _trained(tiny_llama(), intervention=kind, act="gelu" if kind == "loreft" else None)
+@pytest.mark.parametrize("kind,rotation", [(k, "qr") for k in ("loreft", "noreft", "consreft", "lobireft", "direft",
+                                                                  "orthodireft")]
+                         + [("loreft", "householder"), ("orthodireft", "householder")])
+def test_save_load_identical_logits(tmp_path, kind, rotation):
+    reft_model = _trained(tiny_llama(), intervention=kind, act="gelu" if kind == "loreft" else None, rotation=rotation)
     ids, mask = random_batch([8, 5], "left")
     before = reft_model(ids, attention_mask=mask).logits
     reft_model.save_pretrained(tmp_path / "adapter")
@@ -32,6 +34,7 @@ def test_save_load_identical_logits(tmp_path, kind):
     cfg = json.loads((tmp_path / "adapter" / "reft_config.json").read_text())
     assert cfg["hidden_size"] == 32 and cfg["num_layers"] == 4 and cfg["model_type"] == "llama"
     assert cfg["intervention"] == kind and cfg["layers"] == [1, 2] and cfg["positions"] == "f2+l2"
+    assert cfg["rotation"] == rotation
     loaded = ReftModel.from_pretrained(tiny_llama(), tmp_path / "adapter")
     assert torch.equal(loaded(ids, attention_mask=mask).logits, before)
     assert not any(p.requires_grad for p in loaded.parameters())

@@ -12,6 +12,7 @@ from typing import Any
 
 from .interventions import get_intervention_class
 from .interventions.base import make_activation, resolve_dtype
+from .interventions.orthogonal import check_rotation
 from .positions import check_rule, parse_positions
 
 COMPONENTS = ("block_output", "block_input", "attention_output", "mlp_output")
@@ -49,7 +50,8 @@ def parse_layers(layers: str | int | list[int] | tuple[int, ...], num_layers: in
     return sorted(set(layers))
 
 
-SPEC_FIELDS = ("layers", "component", "positions", "tied", "rank", "intervention", "dropout", "act", "position_rule")
+SPEC_FIELDS = ("layers", "component", "positions", "tied", "rank", "intervention", "dropout", "act", "position_rule",
+               "rotation")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -84,6 +86,7 @@ class Representation:
     dropout: float = 0.0
     act: str | None = None
     position_rule: str = "split"
+    rotation: str = "qr"
 
     def validate(self, num_layers: int | None, hidden_size: int | None, where: str = "") -> None:
         """Normalise ``layers``/``positions`` in place; raise ``ValueError`` naming the bad field (and ``where``)."""
@@ -97,7 +100,7 @@ class Representation:
                 raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
             if hidden_size is not None and self.rank > hidden_size:
                 raise ValueError(f"rank {self.rank} > hidden size {hidden_size}: choose rank ≤ {hidden_size}")
-            get_intervention_class(self.intervention)
+            check_rotation(self.rotation, get_intervention_class(self.intervention))
             make_activation(self.act)
             if not 0.0 <= float(self.dropout) < 1.0:
                 raise ValueError(f"dropout {self.dropout} must be in [0, 1)")
@@ -138,10 +141,15 @@ class ReftConfig(Representation):
         position_rule: how prompts shorter than the positions are shortened (:mod:`reft.positions`):
             ``"split"`` (prefix ⌊n/2⌋, suffix ⌈n/2⌉ tokens when both do not fit; one part clipped to n) or
             ``"half"`` (pyreft's: each part at most ⌊n/2⌋ tokens, as in the paper's runs). Default: ``"split"``
+        rotation: how an orthonormal R is parametrised (:mod:`reft.interventions.orthogonal`): ``"qr"`` (QR of an
+            unconstrained A: no buffer, O(d r²) per call) or ``"householder"`` (torch's ``orthogonal``
+            parametrisation, pyreft's: the same optimisation trajectory as pyreft, a d×d buffer per
+            intervention). Default: ``"qr"``
         dtype: intervention parameter dtype; keep fp32 for bf16 models. Default: ``"float32"``
         layers_path: dotted path of the layer list when automatic discovery fails, e.g. ``"model.layers"``.
         representations: several specs in one adapter, each a dict of some of ``layers``, ``component``,
-            ``positions``, ``tied``, ``rank``, ``intervention``, ``dropout``, ``act``, ``position_rule`` (pyreft's
+            ``positions``, ``tied``, ``rank``, ``intervention``, ``dropout``, ``act``, ``position_rule``, ``rotation``
+            (pyreft's
             ``representations=[{...}, ...]``); a field a spec leaves out takes the flat field's value. Default: None
             (the flat fields are the one spec)
         base_model: name of the base model (filled in on attach; checked on load).

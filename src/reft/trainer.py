@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
@@ -149,6 +150,10 @@ def _peft_model(model):
     return base if is_peft_model(base) else None
 
 
+#: parameters never decayed: torch's Householder chart reads X's diagonal only through ``int()``
+NO_DECAY = ("parametrizations.weight.original",)
+
+
 class ReftTrainer(Trainer):
     """`Trainer` for a :class:`reft.ReftModel`.
 
@@ -172,8 +177,13 @@ class ReftTrainer(Trainer):
       shape training, :meth:`run_fingerprint`); resuming from a checkpoint of another run stops with the
       differences named;
     * the model's frozen-block cache (``ReftModel.frozen_cache``, filled in epoch 1, reused after) is emptied when
-      ``train`` returns, so its memory goes back.
+      ``train`` returns, so its memory goes back;
+    * weight decay skips the X of ``rotation="householder"`` (:data:`NO_DECAY`, see
+      :class:`reft.interventions.orthogonal.HouseholderBasis`): decaying it would zero R.
     """
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        return [n for n in super().get_decay_parameter_names(model) if not n.endswith(NO_DECAY)]
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

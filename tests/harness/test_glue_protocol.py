@@ -198,6 +198,8 @@ def test_paper_glue_setup(method):
     if method in ("loreft", "direft"):
         assert (config.positions, config.rank, config.tied, config.dropout) == ("f3", 1, False, 0.1)
         assert config.position_rule == "half"  # pyreft's ⌊n/2⌋ rule, as the paper's runs edited
+        # R held as pyreft holds it; DiReFT has no R
+        assert config.rotation == ("householder" if method == "loreft" else "qr")
         assert config.intervention == method and config.layers == "all" and lora is None
     elif method == "lora":
         assert config is None and (lora.rank, lora.alpha, lora.dropout) == (8, 16, 0.1)
@@ -223,20 +225,21 @@ def test_cli_paper_hparams_fill_what_is_not_given():
     assert (args.rank, args.layers, args.tied, args.batch_size, args.max_length, args.weight_decay) == (
         PAPER_GLUE_SHARED["rank"], "all", False, 32, 256, 0.0)
     assert args.group_by_length is True and args.base_dropout == train_cmd.BASE_DROPOUT_DEFAULT and args.epochs == 10
-    assert args.position_rule == "half"
-    assert train_cmd._reft_config(args, "loreft", ReftConfig, glue=True).position_rule == "half"
+    assert (args.position_rule, args.rotation) == ("half", "householder")
+    config = train_cmd._reft_config(args, "loreft", ReftConfig, glue=True)
+    assert (config.position_rule, config.rotation) == ("half", "householder")
     given = _parsed(["--task", "cola", "--model", "minilm", "--paper-hparams", "--lr", "1e-3", "--positions", "f1",
                      "--batch-size", "8", "--warmup-ratio", "0", "--no-group-by-length", "--base-dropout", "on",
-                     "--position-rule", "split", "--out", "o"])
+                     "--position-rule", "split", "--rotation", "qr", "--out", "o"])
     assert (given.lr, given.positions, given.batch_size, given.warmup_ratio) == (1e-3, "f1", 8, 0.0)
     assert given.group_by_length is False and given.base_dropout == "on" and given.dropout == hp.dropout
-    assert given.position_rule == "split"
+    assert (given.position_rule, given.rotation) == ("split", "qr")
     lora = _parsed(["--task", "cola", "--model", "minilm", "--paper-hparams", "--method", "lora", "--out", "o"])
     assert lora.lora_dropout == hp.dropout
     plain = _parsed(["--task", "cola", "--model", "minilm", "--out", "o"])
     assert (plain.rank, plain.batch_size, plain.warmup_ratio, plain.dropout, plain.tied, plain.epochs) == (
         4, 8, 0.0, 0.0, True, 3.0)
-    assert plain.position_rule == "split"
+    assert (plain.position_rule, plain.rotation) == ("split", "qr")
     assert plain.group_by_length is True  # GLUE tasks batch by length
     data = _parsed(["--data", "x.jsonl", "--out", "o"])
     assert data.group_by_length is False and data.max_length == 512

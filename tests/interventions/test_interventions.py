@@ -205,3 +205,52 @@ def test_r_steps_like_torch_orthogonal_parametrization():
         want = moved(lambda ref=reference: ref.weight, list(reference.parameters()), steps)
         got = moved(ours, list(ours.parameters()), steps)
         assert abs(got / want - 1) < 0.1, (steps, got, want)
+
+
+@pytest.mark.parametrize("kind", ["loreft", "consreft", "lobireft", "orthodireft"])
+def test_householder_rotation_is_torchs_orthogonal_chart_and_reloads(kind, tmp_path):
+    """rotation="householder": R = B · H(X)[:, :r] (torch's parametrisation, checked against pyreft_compat's
+    independent evaluation of that formula), orthonormal through training, and reloaded exactly (B is saved)."""
+    from safetensors.torch import load_file, save_file
+
+    from reft.pyreft_compat import orthogonal_parametrization_weight
+
+    torch.manual_seed(0)
+    m = INTERVENTIONS[kind](D, R, rotation="householder")
+    _train(m, 50, torch.optim.Adam(m.parameters(), lr=5e-2))
+    assert _ortho_error(m) <= 1e-5
+    state = m.state_dict()
+    x, b = state["rotate.basis.parametrizations.weight.original"], state["rotate.basis.parametrizations.weight.0.base"]
+    assert b.shape == (D, D) and float((x + torch.eye(D, R)).abs().max()) > 1e-2  # X moved away from −I
+    torch.testing.assert_close(m.rotate().detach(), orthogonal_parametrization_weight(x, b).float(),
+                               atol=1e-5, rtol=0)
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "w.safetensors")
+    m2 = INTERVENTIONS[kind](D, R, rotation="householder")
+    m2.load_state_dict(load_file(tmp_path / "w.safetensors"))
+    torch.testing.assert_close(m2.rotate(), m.rotate(), atol=0, rtol=0)
+
+
+def test_householder_and_qr_hold_the_same_map_and_part_ways_under_adam():
+    """Same R₀ → the same Φ (up to rounding); the coordinates differ, so Adam's trajectories differ after a
+    few steps (why pyreft parity needs rotation="householder")."""
+    torch.manual_seed(0)
+    qr, hh = LoReFT(D, R), LoReFT(D, R, rotation="householder")
+    with torch.no_grad():
+        hh.rotate.basis.weight = qr.rotate()  # assigning R sets B and X (torch's right_inverse)
+        hh.source.load_state_dict(qr.source.state_dict())
+    h = torch.randn(5, D)
+    torch.testing.assert_close(hh(h), qr(h), atol=1e-5, rtol=0)
+    _train(qr, 20, torch.optim.Adam(qr.parameters(), lr=5e-2))
+    _train(hh, 20, torch.optim.Adam(hh.parameters(), lr=5e-2))
+    assert float((hh.rotate() - qr.rotate()).abs().max()) > 1e-3
+
+
+def test_rotation_option_is_refused_where_there_is_no_r():
+    with pytest.raises(ValueError, match="rotation='householder' needs an intervention with an orthonormal R"):
+        INTERVENTIONS["direft"](D, R, rotation="householder")
+    with pytest.raises(ValueError, match="DiReFT has none"):
+        ReftConfig(intervention="direft", rotation="householder")
+    with pytest.raises(ValueError, match="unknown rotation 'cayley'"):
+        ReftConfig(rotation="cayley")
+    cfg = ReftConfig(layers=[1], rotation="householder")
+    assert ReftConfig.from_json(cfg.to_json()).rotation == "householder"

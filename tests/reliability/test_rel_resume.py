@@ -12,7 +12,7 @@ from _reliability_common import LossLog, intervention_state, make_trainer, one_t
 from conftest import tiny_llama
 
 import reft.trainer as reft_trainer
-from reft import ReftModel
+from reft import ReftConfig, ReftModel
 from reft.interventions import orthonormalize
 from reft.save_load import WEIGHTS_NAME
 
@@ -74,6 +74,24 @@ def test_stopped_and_resumed_run_reproduces_the_loss_curve(tmp_path, uninterrupt
     resumed = make_trainer(tmp_path, callbacks=[second], frozen_cache=cache)  # a fresh model: all from the checkpoint
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
     _assert_same_run(cache, first.points + second.points, full_curve, intervention_state(resumed), full_state)
+    _assert_orthonormal(resumed.model)
+
+
+def test_householder_rotation_resumes_bitwise(tmp_path):
+    """rotation="householder" keeps a d×d buffer B beside X: checkpoints carry both, so a resumed run is the
+    uninterrupted one (cache off: same shapes, bitwise)."""
+    config = ReftConfig(layers="1;2", positions="f2+l2", tied=False, rank=4, dropout=0.3, rotation="householder")
+    full = LossLog()
+    reference = make_trainer(tmp_path / "full", config=config, callbacks=[full], frozen_cache=False)
+    reference.train()
+    first = LossLog(stop_at=4)
+    make_trainer(tmp_path / "cut", config=config, callbacks=[first], frozen_cache=False).train()
+    second = LossLog()
+    resumed = make_trainer(tmp_path / "cut", config=config, callbacks=[second], frozen_cache=False)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-4"))
+    _assert_same_run(False, first.points + second.points, full.points, intervention_state(resumed),
+                     intervention_state(reference))
+    assert any(k.endswith("weight.0.base") for k in intervention_state(resumed))
     _assert_orthonormal(resumed.model)
 
 

@@ -39,13 +39,13 @@ is refused while the first runs. Ctrl-C says which checkpoint --resume continues
 
 With --task (see reft.harness.tasks: boolq, arc_e, math_data_3k, sst2, ...) the run trains on a seeded subset
 of --limit training examples, evaluates on --eval-split (first --eval-limit examples) and writes results.json.
-GLUE tasks (--model minilm) train a classification head with the interventions, pick the epoch on the seeded dev
-half and report on the held-out test half. --method lora trains the LoRA baseline (peft) on the same data,
---method probe the head alone on the frozen encoder. GLUE batches are grouped by length (--no-group-by-length:
-random batches). --paper-hparams fills every option not given with the paper's GLUE protocol
-(reft.harness.tasks.glue.PAPER_GLUE): rank 1, all layers, untied, the task's positions (pyreft's n//2 rule),
-dropout, learning rate and warm-up ratio, batch 32, weight decay 0, linear schedule, max length 256, 10 epochs.
-The paper's learning rates are LoReFT's: give --lr for lora/probe (picked on the dev half).
+GLUE tasks (--model minilm) train a classification head with the interventions, pick the epoch on the seeded dev half
+and report on the held-out test half. --method lora trains the LoRA baseline (peft) on the same data, --method probe
+the head alone on the frozen encoder. GLUE batches are grouped by length (--no-group-by-length: random batches).
+--paper-hparams fills every option not given with the paper's GLUE protocol (reft.harness.tasks.glue.PAPER_GLUE): rank
+1, all layers, untied, the task's positions (pyreft's n//2 rule), R parametrised as pyreft does (householder), dropout,
+learning rate and warm-up ratio, batch 32, weight decay 0, linear schedule, max length 256, 10 epochs. The paper's
+learning rates are LoReFT's: give --lr for lora/probe (picked on the dev half).
 """
 
 #: the frozen base's dropout during GLUE training unless --base-dropout says otherwise: the CLI's spelling of
@@ -53,7 +53,7 @@ The paper's learning rates are LoReFT's: give --lr for lora/probe (picked on the
 BASE_DROPOUT_DEFAULT = "off"
 #: what an option not given on the command line means without --paper-hparams
 PLAIN_DEFAULTS = {"epochs": 3.0, "layers": "all", "rank": 4, "dropout": 0.0, "batch_size": 8, "weight_decay": 0.0,
-                  "max_length": 512, "warmup_ratio": 0.0, "tied": True, "position_rule": "split"}
+                  "max_length": 512, "warmup_ratio": 0.0, "tied": True, "position_rule": "split", "rotation": "qr"}
 
 
 def add_parser(sub) -> None:
@@ -76,6 +76,10 @@ def add_parser(sub) -> None:
                    help="prompts shorter than the positions: split (reft's: both parts share the prompt, one part "
                         "clipped to n) or half (pyreft's: each part at most n//2 tokens) (default: split; "
                         "--paper-hparams: half)")
+    g.add_argument("--rotation", choices=["qr", "householder"], default=None,
+                   help="how R is parametrised: qr (reft's: no buffer) or householder (torch's orthogonal "
+                        "parametrisation, as pyreft: pyreft's training trajectory, a d x d buffer per intervention) "
+                        "(default: qr; --paper-hparams: householder)")
     g.add_argument("--untied", dest="tied", action="store_const", const=False, default=None,
                    help="separate interventions for prefix and suffix")
     g.add_argument("--rank", type=positive_int, default=None, help="low rank r (default: 4; --paper-hparams: 1)")
@@ -169,7 +173,7 @@ def _fill_defaults(args: argparse.Namespace, method: str) -> None:
         if not glue:
             raise UserError(f"--paper-hparams: {args.task} is not a GLUE task (the paper's fixed settings are for "
                             "GLUE: sst2, mrpc, cola, rte, stsb, qnli)")
-        from ..harness.tasks.glue import PAPER_GLUE_SHARED, paper_hyperparameters
+        from ..harness.tasks.glue import PAPER_GLUE_SHARED, paper_hyperparameters, paper_rotation
 
         try:
             hp = paper_hyperparameters(args.task)
@@ -178,6 +182,7 @@ def _fill_defaults(args: argparse.Namespace, method: str) -> None:
         paper = {"layers": PAPER_GLUE_SHARED["layers"], "rank": PAPER_GLUE_SHARED["rank"],
                  "tied": PAPER_GLUE_SHARED["tied"], "batch_size": PAPER_GLUE_SHARED["batch_size"],
                  "position_rule": PAPER_GLUE_SHARED["position_rule"],
+                 "rotation": paper_rotation(method) if method not in ("lora", "probe") else "qr",
                  "weight_decay": PAPER_GLUE_SHARED["weight_decay"], "max_length": PAPER_GLUE_SHARED["max_length"],
                  "warmup_ratio": hp.warmup_ratio, "positions": hp.positions, "lr": hp.lr,
                  "dropout": hp.dropout, "epochs": 10.0}
@@ -252,7 +257,8 @@ def _train_data(args: argparse.Namespace, method: str, settings, config, rows: l
 def _reft_config(args: argparse.Namespace, method: str, cls, *, glue: bool):
     positions = args.positions or ("f1" if glue else "f7+l7")
     return cls(layers=args.layers, positions=positions, tied=args.tied, rank=args.rank, intervention=method,
-               component=args.component, act=args.act, dropout=args.dropout, position_rule=args.position_rule)
+               component=args.component, act=args.act, dropout=args.dropout, position_rule=args.position_rule,
+               rotation=args.rotation)
 
 
 def _lora_settings(args: argparse.Namespace):

@@ -41,11 +41,11 @@ def paper_glue_setup(task: str, method: str = "loreft", *, seed: int = 42, epoch
 
     Shared: batch 32, AdamW, linear schedule with the task's warm-up ratio, weight decay 0, max length 256,
     length-grouped batches; ReFT: rank 1 on every layer, untied, ``block_output``, the task's positions (pyreft's
-    ⌊n/2⌋ rule, ``position_rule="half"``) and dropout; LoRA: rank 8, α 16 on query/value with the task's dropout
-    as ``lora_dropout``; the probe: the head only. ``lr`` overrides the paper's rate (the paper's rates are
-    LoReFT's; other methods should pick theirs on the dev half).
+    ⌊n/2⌋ rule, ``position_rule="half"``), R as pyreft holds it (``rotation="householder"``) and dropout; LoRA:
+    rank 8, α 16 on query/value with the task's dropout as ``lora_dropout``; the probe: the head only. ``lr``
+    overrides the paper's rate (the paper's rates are LoReFT's; other methods should pick theirs on the dev half).
     """
-    from .tasks.glue import PAPER_GLUE_SHARED, paper_hyperparameters
+    from .tasks.glue import PAPER_GLUE_SHARED, paper_hyperparameters, paper_rotation
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: choose one of {list(METHODS)}")
@@ -59,7 +59,7 @@ def paper_glue_setup(task: str, method: str = "loreft", *, seed: int = 42, epoch
     if method in REFT_METHODS:
         reft_config = ReftConfig(layers=str(shared["layers"]), positions=hp.positions, rank=int(shared["rank"]),
                                  tied=bool(shared["tied"]), intervention=method, dropout=hp.dropout,
-                                 position_rule=str(shared["position_rule"]))
+                                 position_rule=str(shared["position_rule"]), rotation=paper_rotation(method))
     elif method == "lora":
         lora = LoraSettings(rank=8, alpha=16, dropout=hp.dropout)
     return settings, reft_config, lora

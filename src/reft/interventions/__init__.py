@@ -3,7 +3,7 @@
 from .base import Intervention
 from .direct import DiReFT, OrthoDiReFT
 from .low_rank import ConsReFT, LoBiReFT, LoReFT, NoReFT
-from .orthogonal import OrthonormalBasis, orthonormalize
+from .orthogonal import HouseholderBasis, OrthonormalBasis, make_basis, orthonormalize
 from .registry import INTERVENTIONS, get_intervention_class, register_intervention
 
 for _name, _cls in {
@@ -20,6 +20,7 @@ __all__ = [
     "INTERVENTIONS",
     "ConsReFT",
     "DiReFT",
+    "HouseholderBasis",
     "Intervention",
     "LoBiReFT",
     "LoReFT",
@@ -27,6 +28,7 @@ __all__ = [
     "OrthoDiReFT",
     "OrthonormalBasis",
     "get_intervention_class",
+    "make_basis",
     "orthonormalize",
     "register_intervention",
 ]

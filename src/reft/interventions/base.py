@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .orthogonal import check_rotation
+
 _ACTIVATIONS = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -56,7 +58,12 @@ class Intervention(nn.Module):
         dropout (float): dropout probability on the edit. Default: 0.0
         act (str | None): activation on ``W h + b`` where the formula has one. Default: None
         dtype (str | torch.dtype): parameter and compute dtype. Default: ``"float32"``
+        rotation (str): how an orthonormal R is parametrised (interventions with one, :attr:`has_rotation`):
+            ``"qr"`` or ``"householder"`` (:mod:`reft.interventions.orthogonal`). Default: ``"qr"``
     """
+
+    #: whether the intervention holds an orthonormal R (and so takes ``rotation``)
+    has_rotation: bool = False
 
     def __init__(
         self,
@@ -66,8 +73,10 @@ class Intervention(nn.Module):
         dropout: float = 0.0,
         act: str | None = None,
         dtype: str | torch.dtype = "float32",
+        rotation: str = "qr",
     ) -> None:
         super().__init__()
+        check_rotation(rotation, type(self))
         if not isinstance(rank, int) or rank < 1 or rank > embed_dim:
             raise ValueError(f"rank {rank} is out of range for hidden size {embed_dim}: choose 1 ≤ rank ≤ {embed_dim}")
         if not 0.0 <= dropout < 1.0:
@@ -77,6 +86,7 @@ class Intervention(nn.Module):
         self.dtype = resolve_dtype(dtype)
         self.act = make_activation(act)
         self.dropout = nn.Dropout(dropout)
+        self.rotation = rotation
 
     def edit(self, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """δ(h) for ``h`` of shape ``[..., d]`` in :attr:`dtype`; returns ``[..., d]``."""

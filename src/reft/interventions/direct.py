@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .base import Intervention
-from .orthogonal import OrthonormalBasis
+from .orthogonal import make_basis
 
 
 class DiReFT(Intervention):
@@ -33,9 +33,11 @@ class OrthoDiReFT(Intervention):
     Parameters: 2·d·r + r.
     """
 
+    has_rotation = True
+
     def __init__(self, embed_dim: int, rank: int, **kwargs) -> None:
         super().__init__(embed_dim, rank, **kwargs)
-        self.rotate = OrthonormalBasis(embed_dim, rank, self.dtype)
+        self.rotate = make_basis(self.rotation, embed_dim, rank, self.dtype)
         self.source = nn.Linear(embed_dim, rank, dtype=self.dtype)
 
     def edit(self, h: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .base import Intervention
-from .orthogonal import OrthonormalBasis
+from .orthogonal import make_basis
 
 
 class LoReFT(Intervention):
@@ -18,9 +18,11 @@ class LoReFT(Intervention):
     Parameters: 2·d·r + r (R, W, b).
     """
 
+    has_rotation = True
+
     def __init__(self, embed_dim: int, rank: int, **kwargs) -> None:
         super().__init__(embed_dim, rank, **kwargs)
-        self.rotate = OrthonormalBasis(embed_dim, rank, self.dtype)
+        self.rotate = make_basis(self.rotation, embed_dim, rank, self.dtype)
         self.source = nn.Linear(embed_dim, rank, dtype=self.dtype)  # W, b
 
     def edit(self, h: torch.Tensor) -> torch.Tensor:
@@ -49,9 +51,11 @@ class ConsReFT(Intervention):
     Parameters: d·r + r.
     """
 
+    has_rotation = True
+
     def __init__(self, embed_dim: int, rank: int, **kwargs) -> None:
         super().__init__(embed_dim, rank, **kwargs)
-        self.rotate = OrthonormalBasis(embed_dim, rank, self.dtype)
+        self.rotate = make_basis(self.rotation, embed_dim, rank, self.dtype)
         self.bias = nn.Parameter(torch.zeros(rank, dtype=self.dtype))
 
     def edit(self, h: torch.Tensor) -> torch.Tensor:

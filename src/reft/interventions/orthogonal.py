@@ -1,4 +1,5 @@
-"""A d×r matrix with orthonormal columns, parametrised by QR of an unconstrained matrix.
+"""A d×r matrix with orthonormal columns: reft's QR parametrisation (``rotation="qr"``, the default) or torch's
+``orthogonal`` parametrisation as pyreft holds it (``rotation="householder"``).
 
 Why not ``torch.nn.utils.parametrizations.orthogonal`` (what pyreft uses)? For a non-square weight it keeps a
 d×d ``base`` buffer per module (64 MiB per intervention at d = 4096 in fp32) and runs Householder products of
@@ -10,7 +11,12 @@ costs one reduced QR of a d×r matrix per forward (O(d r²) time, O(d r) memory)
 buffer, and is orthonormal whatever the optimiser does to A (weight decay only rescales A). The sign fix makes
 the map unique and continuous, and makes ``A = c·R₀`` (c > 0) → ``R == R₀``: loading an orthonormal matrix (e.g. from
 pyreft) reproduces it exactly up to rounding. A is stored at scale ``INIT_SCALE`` = ½ (see there): that sets R's
-step size under Adam to pyreft's.
+first step size under Adam to pyreft's.
+
+Both parametrisations describe the same set of matrices but not the same coordinates, and Adam's per-coordinate
+steps depend on the coordinates: from the same R₀ and data, the two trajectories part after some tens of steps
+(measured in docs/results.md). ``rotation="householder"`` (:class:`HouseholderBasis`) follows pyreft's, at
+pyreft's cost.
 """
 
 from __future__ import annotations
@@ -53,3 +59,42 @@ class OrthonormalBasis(nn.Module):
         if self.weight.device.type == "meta":
             return self.weight
         return orthonormalize(self.weight)
+
+
+class HouseholderBasis(nn.Module):
+    """R ∈ ℝ^{d×r} under ``torch.nn.utils.parametrizations.orthogonal`` (pyreft's ``LowRankRotateLayer``).
+
+    For d > r torch holds ``R = B · H(X)[:, :r]``: X ``[d, r]`` the trained parameter
+    (``basis.parametrizations.weight.original``), H(X) the product of the Householder reflectors in X's columns,
+    B ``[d, d]`` an orthogonal buffer (``…weight.0.base``) whose first r columns are R₀ and the rest a random
+    completion; at init X = −I_{d×r} so H(X) = I. Costs a d×d buffer and a d×d·r product per call (d = r: the
+    matrix exponential, torch's default there). Weight decay pulls X to 0, i.e. R towards B's first r columns.
+    """
+
+    def __init__(self, embed_dim: int, rank: int, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.basis = nn.Module()
+        self.basis.weight = nn.Parameter(nn.init.orthogonal_(torch.empty(embed_dim, rank, dtype=dtype)))
+        torch.nn.utils.parametrizations.orthogonal(self.basis)
+
+    def forward(self) -> torch.Tensor:
+        """R ∈ ℝ^{d×r}, RᵀR = I."""
+        return self.basis.weight
+
+
+ROTATIONS = {"qr": OrthonormalBasis, "householder": HouseholderBasis}
+
+
+def check_rotation(rotation: str, cls: type) -> None:
+    """Refuse an unknown ``rotation``, or a non-default one for an intervention class without an orthonormal R."""
+    if rotation not in ROTATIONS:
+        raise ValueError(f"unknown rotation {rotation!r}: choose 'qr' (reft's, the default) or 'householder' "
+                         "(torch's orthogonal parametrisation, as pyreft trains R)")
+    if rotation != "qr" and not getattr(cls, "has_rotation", False):
+        raise ValueError(f"rotation={rotation!r} needs an intervention with an orthonormal R (loreft, consreft, "
+                         f"lobireft, orthodireft); {cls.__name__} has none: leave rotation at 'qr'")
+
+
+def make_basis(rotation: str, embed_dim: int, rank: int, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The module that holds R for ``rotation`` (:data:`ROTATIONS`)."""
+    return ROTATIONS[rotation](embed_dim, rank, dtype)

@@ -23,6 +23,8 @@ class Adapter(nn.Module):
         for j, spec in enumerate(config.specs):
             cls = get_intervention_class(spec.intervention)
             options = {"dropout": spec.dropout, "act": spec.act, "dtype": config.dtype}
+            if spec.rotation != "qr":  # only then: registered interventions of users need not know the option
+                options["rotation"] = spec.rotation
             modules |= {key: cls(hidden, spec.rank, **options) for key in spec.keys(config.spec_prefix(j))}
         self.interventions = nn.ModuleDict(modules)
         self.head = head

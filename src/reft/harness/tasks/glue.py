@@ -75,16 +75,25 @@ PAPER_GLUE: dict[str, GlueHyperparameters] = {
 }
 #: settings the paper shares across GLUE tasks (pyreft's examples/loreft: ``-l all -r 1 --batch_size 32
 #: --max_length 256 --weight_decay 0``, linear schedule, ``adamw_torch``; positions by pyreft's
-#: ``get_intervention_locations``: each part at most ⌊n/2⌋ tokens, :mod:`reft.positions` rule ``"half"``)
+#: ``get_intervention_locations``: each part at most ⌊n/2⌋ tokens, :mod:`reft.positions` rule ``"half"``; R under
+#: torch's orthogonal parametrisation, as pyreft holds it: ``rotation="householder"``)
 PAPER_GLUE_SHARED: dict[str, object] = {"rank": 1, "layers": "all", "tied": False, "batch_size": 32,
                                         "weight_decay": 0.0, "scheduler": "linear", "max_length": 256,
-                                        "position_rule": "half"}
+                                        "position_rule": "half", "rotation": "householder"}
 
 
 #: the LoRA baseline's published per-task learning rates (Hu et al. 2021, arXiv 2106.09685, Table 9, RoBERTa-base,
 #: r 8 on W_q/W_v): the start point of its rate, as PAPER_GLUE's is LoReFT's
 LORA_PAPER_LR: dict[str, float] = {"sst2": 5e-4, "mrpc": 4e-4, "cola": 4e-4, "rte": 5e-4, "stsb": 4e-4,
                                    "qnli": 4e-4}
+
+
+def paper_rotation(intervention: str) -> str:
+    """:data:`PAPER_GLUE_SHARED`'s rotation for an intervention with an orthonormal R, ``"qr"`` (no R) otherwise."""
+    from reft.interventions import get_intervention_class
+
+    has_r = getattr(get_intervention_class(intervention), "has_rotation", False)
+    return str(PAPER_GLUE_SHARED["rotation"]) if has_r else "qr"
 
 
 def paper_hyperparameters(task: str) -> GlueHyperparameters:
