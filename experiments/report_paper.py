@@ -144,20 +144,26 @@ def parity_section(name: str = "glue_parity_sst2") -> str:
     if r is None:
         return f"(benchmarks/results/{name}.json missing: the run did not finish)\n"
     s, st = r["summary"], r["settings"]
-    rows = ["| library | test acc per seed | mean ± sd | final-epoch loss mean ± sd | mean abs step-loss difference "
-            "to reft | reft − it: within 2 s.e. of the seed spread (acc / loss) |", "|---|---|---:|---:|---:|---|"]
+    rows = ["| library | test acc per seed | mean ± sd | final-epoch loss mean ± sd | step-loss difference to reft: "
+            "mean abs / at steps 10, 50 | reft − it: within 2 s.e. of the seed spread (acc / loss) |",
+            "|---|---|---:|---:|---|---|"]
+    curves = {lib: [[v for _, v in c["loss_curve"]] for c in cs] for lib, cs in r["curves"].items()}
     for lib in ("reft", "pyreft", "pyreft_fixed"):
         if lib not in s:
             continue
         per = s["per_seed"]
-        steps = [p[f"reft_vs_{lib}"]["step_loss_difference_mean_abs"] for p in per] if lib != "reft" else []
-        diff = f"{statistics.fmean(steps):.4f}" if steps else "–"
-        noise = "–" if lib == "reft" else (f"{s[f'reft_minus_{lib}']['score_within_seed_noise']} / "
-                                           f"{s[f'reft_minus_{lib}']['final_epoch_loss_within_seed_noise']}")
+        diff = "–"
+        if lib != "reft":
+            at = [statistics.fmean(abs(a[k] - b[k]) for a, b in zip(curves["reft"], curves[lib])) for k in (9, 49)]
+            diff = (f"{statistics.fmean(p[f'reft_vs_{lib}']['step_loss_difference_mean_abs'] for p in per):.4f} / "
+                    f"{at[0]:.1e}, {at[1]:.1e}")
+        noise = "–" if lib == "reft" or len(per) < 2 else (
+            f"{s[f'reft_minus_{lib}']['score_within_seed_noise']} / "
+            f"{s[f'reft_minus_{lib}']['final_epoch_loss_within_seed_noise']}")
+        sd = "" if s[lib]["final_epoch_loss_sd"] is None else f" ± {s[lib]['final_epoch_loss_sd']:.4f}"
         rows.append(f"| {lib} | {', '.join(_pct(p[lib]['score']) for p in per)} | "
                     f"{_pct(s[lib]['score_mean'])} ± {_pct(s[lib]['score_sd'])} | "
-                    f"{s[lib]['final_epoch_loss_mean']:.4f} ± {s[lib]['final_epoch_loss_sd']:.4f} | {diff} | "
-                    f"{noise} |")
+                    f"{s[lib]['final_epoch_loss_mean']:.4f}{sd} | {diff} | {noise} |")
     setting = (f"{st.get('task', 'sst2')}, {st['train_examples']:,} training examples, {st['test_examples']} test "
                f"(the seed's test half), {st['epochs']:g} epochs, seeds {st['seeds']}")
     return "\n".join([f"Setting: {setting}; checks: {s['checks']}.", "", *rows, "",
@@ -214,19 +220,26 @@ batch 32, linear schedule), the base's dropout on (pyreft's behaviour), the inte
 cleared each step (`pyreft_fixed`; pyvene's `zero_grad` never clears it, see "Parity with pyreft" below). Each
 library predicts the test half with its final parameters (no epoch selection).
 
-**`f3`, the paper's positions, reft under pyreft's position rule** (`position_rule="half"`, the same positions in
-every example; `glue_parity_sst2_half`):
+**`f3`, the paper's positions, reft picking positions and holding R as pyreft does** (`position_rule="half"`,
+`rotation="householder"`: the paper's protocol; `glue_parity_sst2_householder`):
+
+{parity_section("glue_parity_sst2_householder")}
+**The same with nothing random** (the base's and the head's dropout off, so both libraries compute the same function
+of the same data and only rounding separates them; `glue_parity_sst2_householder_nodropout`, `pyreft_fixed` only):
+
+{parity_section("glue_parity_sst2_householder_nodropout")}
+**reft's own R (`rotation="qr"`, the library's default), pyreft's positions** (`glue_parity_sst2_half`):
 
 {parity_section("glue_parity_sst2_half")}
-**`f3` with nothing random** (the base's and the head's dropout off, so both libraries compute the same function
-of the same data; `glue_parity_sst2_half_nodropout`, `pyreft_fixed` only):
+**reft's own R with nothing random** (`glue_parity_sst2_half_nodropout`, `pyreft_fixed` only):
 
 {parity_section("glue_parity_sst2_half_nodropout")}
-**`f3`, reft's own rule** (`position_rule="split"`: a 4-token input gets 3 edited tokens, pyreft's 2;
-`glue_parity_sst2`):
+**reft's own R and its own position rule** (`position_rule="split"`: a 4-token input gets 3 edited tokens, pyreft's
+2; `glue_parity_sst2`):
 
 {parity_section()}
-**`f1`, where both libraries edit the same positions of every example** (`glue_parity_sst2_f1`; `pyreft_fixed` only):
+**`f1`, reft's own R; both rules give every example the same positions** (`glue_parity_sst2_f1`; `pyreft_fixed`
+only):
 
 {parity_section("glue_parity_sst2_f1")}
 ### A decoder task SmolLM2-135M learns: SST-2 as generation (`experiments/decoder_sst2.py`)
