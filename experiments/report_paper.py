@@ -17,8 +17,8 @@ from reft.harness.tasks.glue_generation import extract_label_word  # noqa: E402
 
 RESULTS = ROOT / "results"
 BENCH = ROOT / "benchmarks" / "results"
-NAMES = {"loreft": "LoReFT", "loreft_split": "LoReFT, reft's split rule", "direft": "DiReFT", "lora": "LoRA",
-         "probe": "probe (head only)", "base": "base model"}
+NAMES = {"loreft": "LoReFT", "loreft_qr": "LoReFT, QR", "loreft_split_qr": "LoReFT, QR, split rule",
+         "direft": "DiReFT", "lora": "LoRA", "probe": "probe (head only)", "base": "base model"}
 METRIC = {"sst2": "SST-2 acc", "cola": "CoLA MCC", "mrpc": "MRPC acc", "rte": "RTE acc", "stsb": "STS-B P/S"}
 
 
@@ -161,8 +161,9 @@ def parity_section(name: str = "glue_parity_sst2") -> str:
             f"{s[f'reft_minus_{lib}']['score_within_seed_noise']} / "
             f"{s[f'reft_minus_{lib}']['final_epoch_loss_within_seed_noise']}")
         sd = "" if s[lib]["final_epoch_loss_sd"] is None else f" ± {s[lib]['final_epoch_loss_sd']:.4f}"
+        acc_sd = "" if s[lib]["score_sd"] is None else f" ± {_pct(s[lib]['score_sd'])}"
         rows.append(f"| {lib} | {', '.join(_pct(p[lib]['score']) for p in per)} | "
-                    f"{_pct(s[lib]['score_mean'])} ± {_pct(s[lib]['score_sd'])} | "
+                    f"{_pct(s[lib]['score_mean'])}{acc_sd} | "
                     f"{s[lib]['final_epoch_loss_mean']:.4f}{sd} | {diff} | {noise} |")
     setting = (f"{st.get('task', 'sst2')}, {st['train_examples']:,} training examples, {st['test_examples']} test "
                f"(the seed's test half), {st['epochs']:g} epochs, seeds {st['seeds']}")
@@ -203,12 +204,16 @@ wall times include the other run on the same cores. Software: torch {env.get("to
 ### GLUE on MiniLM-L6 at the paper's protocol (`experiments/glue_paper.py`)
 
 The protocol of the section "GLUE at the paper's protocol: the protocol in full" below: rank 1 on all 6 layers,
-untied, `f3`, batch 32, AdamW, linear schedule with the task's warm-up, weight decay 0, the task's dropout, the
-same head for every method, the frozen base's dropout off, the best epoch on the seed's dev half, reported on the
-seed's held-out test half (cells: mean ± sample sd over seeds 42, 43, 44 unless `n=` says otherwise, ×100; CoLA:
-Matthews correlation). What fit one session: **SST-2** (8,000 training examples, **5 epochs**: 1,250 steps) and
-**CoLA** (all 8,551, **10 epochs**: 2,680 steps); LoReFT, LoRA (r 8, α 16 on query/value) and the probe. DiReFT,
-MRPC, RTE and STS-B did not fit (`experiments/glue_paper.py --tasks mrpc,rte,stsb` runs them, resumable).
+untied, `f3` with pyreft's short-input rule (`position_rule="half"`) and R held as pyreft holds it
+(`rotation="householder"`), batch 32, AdamW, linear schedule with the task's warm-up, weight decay 0, the task's
+dropout, the same head for every method, the frozen base's dropout off, the best epoch on the seed's dev half,
+reported on the seed's held-out test half (cells: mean ± sample sd over seeds 42, 43, 44 unless `n=` says
+otherwise, ×100; CoLA: Matthews correlation). What fit two sessions: **SST-2** (8,000 training examples, **5
+epochs**: 1,250 steps), **CoLA** (all 8,551, **10 epochs**: 2,680 steps) and **MRPC** (all 3,668, **10 epochs**,
+seed 42 only); LoReFT, LoRA (r 8, α 16 on query/value) and the probe. DiReFT, RTE and STS-B did not fit
+(`experiments/glue_paper.py --tasks rte,stsb` runs them, resumable). Rows named *QR* or *split rule* are earlier
+LoReFT runs under reft's defaults (`rotation="qr"`, `position_rule="split"`), kept for the comparison; MRPC, RTE and
+STS-B have no input short enough for the two position rules to differ.
 
 {glue_section()}
 ### Parity with pyreft on classification (`benchmarks/glue_parity.py`)
