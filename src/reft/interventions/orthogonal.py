@@ -3,12 +3,13 @@
 
 Why not ``torch.nn.utils.parametrizations.orthogonal`` (what pyreft uses)? For a non-square weight it keeps a
 d×d ``base`` buffer per module (64 MiB per intervention at d = 4096 in fp32) and runs Householder products of
-size d×d on every forward; with AdamW weight decay it was also seen to collapse R to zero. Here
+size d×d on every forward. Here
 
     R = qr(A).Q · diag(sign(diag(qr(A).R)))        A ∈ ℝ^{d×r} unconstrained, R ∈ ℝ^{d×r}, RᵀR = I_r
 
 costs one reduced QR of a d×r matrix per forward (O(d r²) time, O(d r) memory), is differentiable, has no
-buffer, and is orthonormal whatever the optimiser does to A (weight decay only rescales A). The sign fix makes
+buffer, and is orthonormal whatever the optimiser does to A (weight decay only rescales A; under torch's
+Householder chart it zeroes R, see :class:`HouseholderBasis`). The sign fix makes
 the map unique and continuous, and makes ``A = c·R₀`` (c > 0) → ``R == R₀``: loading an orthonormal matrix (e.g. from
 pyreft) reproduces it exactly up to rounding. A is stored at scale ``INIT_SCALE`` = ½ (see there): that sets R's
 first step size under Adam to pyreft's.
@@ -68,7 +69,9 @@ class HouseholderBasis(nn.Module):
     (``basis.parametrizations.weight.original``), H(X) the product of the Householder reflectors in X's columns,
     B ``[d, d]`` an orthogonal buffer (``…weight.0.base``) whose first r columns are R₀ and the rest a random
     completion; at init X = −I_{d×r} so H(X) = I. Costs a d×d buffer and a d×d·r product per call (d = r: the
-    matrix exponential, torch's default there). Weight decay pulls X to 0, i.e. R towards B's first r columns.
+    matrix exponential, torch's default there). X's diagonal only gives each column's sign, read as ``int(X_ii)``:
+    weight decay takes it from −1 to −0.99…, whose ``int`` is 0, and R becomes 0 (as in pyreft trained with weight
+    decay: its Trainer decays X). :class:`reft.ReftTrainer` never decays X; a custom loop must leave it out of decay too.
     """
 
     def __init__(self, embed_dim: int, rank: int, dtype: torch.dtype = torch.float32) -> None:
