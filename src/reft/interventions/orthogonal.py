@@ -71,7 +71,8 @@ class HouseholderBasis(nn.Module):
     completion; at init X = −I_{d×r} so H(X) = I. Costs a d×d buffer and a d×d·r product per call (d = r: the
     matrix exponential, torch's default there). X's diagonal only gives each column's sign, read as ``int(X_ii)``:
     weight decay takes it from −1 to −0.99…, whose ``int`` is 0, and R becomes 0 (as in pyreft trained with weight
-    decay: its Trainer decays X). :class:`reft.ReftTrainer` never decays X; a custom loop must leave it out of decay too.
+    decay: its Trainer decays X). :class:`reft.ReftTrainer` never decays X; a custom loop must leave it out of
+    decay too.
     """
 
     def __init__(self, embed_dim: int, rank: int, dtype: torch.dtype = torch.float32) -> None:
