@@ -198,8 +198,8 @@ def issue16_section(findings: str = "") -> str:
     return f"""## The paper's claim at a budget that means something (issue 16)
 
 CPU runs on the shared 2-core machine (no GPU was lent), one thread per run (MRPC's LoRA run: two), two or three
-runs at a time (`nice -n 5`), so wall times include the other runs on the same cores and compare nothing. Software: torch {env.get("torch", "?")}, transformers
-{env.get("transformers", "?")}, peft {env.get("peft", "?")}.
+runs at a time (`nice -n 5`), so wall times include the other runs on the same cores and compare nothing.
+Software: torch {env.get("torch", "?")}, transformers {env.get("transformers", "?")}, peft {env.get("peft", "?")}.
 {findings}
 ### GLUE on MiniLM-L6 at the paper's protocol (`experiments/glue_paper.py`)
 
