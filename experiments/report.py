@@ -35,15 +35,15 @@ FINDINGS = """
     intervention, so it is not the library's default.
 * **GLUE, MiniLM-L6: the target is missed, and the library is not why.** At the full protocol (both fixes) LoReFT
   (4,614 parameters) scores 79.9 ± 1.5 on SST-2 against LoRA r 8's 83.3 ± 1.8 (73,728 parameters, 16× more):
-  −3.4 points; −7.7 on the average of SST-2, CoLA and MRPC (the last two on seed 42 only). The fixes that restore
-  parity move the full-size SST-2 score little (QR 79.6 ± 1.0, QR + reft's rule 79.0 ± 0.5), so the gap is the
-  method at this scale: LoReFT underfits where LoRA does not (final training loss 0.17–0.23 against 0.04–0.06), and
-  CoLA needs features the sentence-embedding MiniLM's [CLS] lacks (probe 8.6 MCC; LoRA 27.2 ± 6.4, LoReFT 16.2 on
-  seed 42): a rank-1 edit of 3 positions on 6 layers of width 384 moves it little, while LoRA changes attention at
-  every token. MRPC (seed 42 only): LoReFT 65.2 against LoRA's 74.0, both far below
-  their dev-half scores (81.9, 84.8; this seed's test half is harder, 64.7% majority against the dev half's 72%), so
-  one seed says little beyond the direction. The paper's setting is RoBERTa (12–24 layers, d 768–1,024)
-  for 40–60 epochs; here 6 layers of 384 for 5–10.
+  −3.4 points; −8.1 on the average of SST-2, CoLA and MRPC (CoLA's LoReFT on 2 seeds, MRPC on seed 42 only).
+  The fixes that restore parity move the full-size SST-2 score little (QR 79.6 ± 1.0, QR + reft's rule
+  79.0 ± 0.5), so the gap is the method at this scale: LoReFT underfits where LoRA does not (final training loss
+  0.17–0.23 against 0.04–0.06), and CoLA needs features the sentence-embedding MiniLM's [CLS] lacks (probe 8.6 MCC;
+  LoRA 27.2 ± 6.4, LoReFT 15.0 ± 1.7 on seeds 42–43): a rank-1 edit of 3 positions on 6 layers of width 384 moves
+  it little, while LoRA changes attention at every token. MRPC (seed 42 only): LoReFT 65.2 against LoRA's 74.0,
+  both far below their dev-half scores (81.9, 84.8; this seed's test half is harder, 64.7% majority against the
+  dev half's 72%), so one seed says little beyond the direction. The paper's setting is RoBERTa (12–24 layers,
+  d 768–1,024) for 40–60 epochs; here 6 layers of 384 for 5–10.
 * **A decoder task SmolLM2-135M learns:** SST-2 as generation, held-out half: LoReFT 86.9%, LoRA 88.5%, DiReFT
   78.9% (same rank, layers and rate as LoReFT); base model 48.9%, majority answer 52.8%. LoReFT − LoRA = −1.6 points
   at 16.7× fewer parameters, one seed (436 test rows: a 95% interval of about ±3 points per method): within noise of
