@@ -14,10 +14,10 @@ Protocol (reft.harness.suite.paper_glue_setup; the paper's Tables 9–10):
   length-grouped batches, the same head (``W_o tanh(W_d h_CLS + b_d) + b_o``) trained with the adapter, the best
   epoch on the dev half, :data:`EPOCHS` epochs, the frozen base's dropout as in
   :data:`reft.harness.classification.BASE_DROPOUT` (measured in docs/results.md);
-* LoReFT / DiReFT: rank 1, every layer, untied, ``block_output``, the task's positions (``f3``) under pyreft's
-  ⌊n/2⌋ rule (``position_rule="half"``; ``--position-rule split`` runs reft's default, named ``<method>_split``),
-  R under pyreft's parametrisation (``rotation="householder"``; ``--rotation qr``: reft's, named ``<method>_qr``)
-  and dropout;
+* LoReFT / DiReFT: rank 1 (``--rank k``: a capacity diagnostic, named ``<method>_r<k>``), every layer, untied,
+  ``block_output``, the task's positions (``f3``) under pyreft's ⌊n/2⌋ rule (``position_rule="half"``;
+  ``--position-rule split`` runs reft's default, named ``<method>_split``), R under pyreft's parametrisation
+  (``rotation="householder"``; ``--rotation qr``: reft's, named ``<method>_qr``) and dropout;
 * LoRA: rank 8, α 16, on query and value of every layer (peft), the task's dropout as ``lora_dropout``;
 * probe: the head alone on the frozen encoder;
 * learning rates: LoReFT and DiReFT the paper's per-task rate; LoRA and the probe pick theirs from
@@ -48,11 +48,12 @@ setup()
 from reft.harness.classification import BASE_DROPOUT  # noqa: E402
 from reft.harness.models import load_model  # noqa: E402
 from reft.harness.suite import REFT_METHODS, paper_glue_setup, run_task  # noqa: E402
-from reft.harness.tasks.glue import LORA_PAPER_LR, paper_hyperparameters, paper_rotation  # noqa: E402
+from reft.harness.tasks.glue import LORA_PAPER_LR, PAPER_GLUE_SHARED, paper_hyperparameters, paper_rotation  # noqa: E402
 
 TASKS = ("sst2", "mrpc", "cola", "rte", "stsb")
 METHODS = ("loreft", "direft", "lora", "probe")
 SEEDS = (42, 43, 44)
+PAPER_RANK = int(PAPER_GLUE_SHARED["rank"])
 TUNE_SEED = 42
 #: training examples per task (None = the whole train split)
 TRAIN_LIMIT: dict[str, int | None] = {"sst2": 8000, "mrpc": None, "cola": None, "rte": None, "stsb": None}
@@ -99,14 +100,16 @@ class Sweep:
         if method not in REFT_METHODS:
             return method
         qr = self.args.rotation == "qr" and paper_rotation(method) != "qr"  # a method without R has no rotation
-        return method + "_split" * (self.args.position_rule == "split") + "_qr" * qr
+        rank = f"_r{self.args.rank}" if self.args.rank not in (None, PAPER_RANK) else ""
+        return method + rank + "_split" * (self.args.position_rule == "split") + "_qr" * qr
 
     def train(self, task: str, method: str, run_dir, *, seed: int, epochs: float, lr: float, **options) -> dict:
         """One run of the protocol (:func:`paper_glue_setup`, ``--position-rule`` applied to the ReFT config)."""
         settings, config, lora = paper_glue_setup(task, method, seed=seed, epochs=epochs, lr=lr)
         if config is not None:
             rotation = "qr" if self.args.rotation == "qr" else paper_rotation(method)
-            config = dataclasses.replace(config, position_rule=self.args.position_rule, rotation=rotation)
+            config = dataclasses.replace(config, position_rule=self.args.position_rule, rotation=rotation,
+                                         rank=self.args.rank or config.rank)
         model, tokenizer = load_model("minilm")
         return run_task(model, tokenizer, task, method, run_dir, settings=settings, reft_config=config, lora=lora,
                         subset_seed=0, progress=False, model_name="minilm",
@@ -316,6 +319,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=float, default=None, help="override EPOCHS for every task")
     ap.add_argument("--tune-reft", action="store_true", help="grid the ReFT rates too (×⅓, ×1, ×3 the paper's)")
     ap.add_argument("--base-dropout", choices=["on", "off"], default="on" if BASE_DROPOUT else "off")
+    ap.add_argument("--rank", type=int, default=None,
+                    help=f"ReFT rank, off the protocol (its rank: {PAPER_RANK}); results named <method>_r<rank>")
     ap.add_argument("--position-rule", choices=["half", "split"], default="half",
                     help="ReFT's short-prompt rule: half = pyreft's, the paper's (each part at most n//2 tokens); "
                          "split = reft's default, results named <method>_split (default: %(default)s)")
