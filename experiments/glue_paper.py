@@ -198,10 +198,14 @@ class Sweep:
                     "train_examples": runs[0]["train_examples"], "dev_examples": runs[0]["dev_examples"],
                     "test_examples": runs[0]["eval"]["n"], "epochs": runs[0]["settings"]["epochs"],
                     "base_dropout": runs[0].get("base_dropout"), "main_metric": runs[0]["eval"]["main_metric"]}
+        path = self.out / "summary.json"
+        merged = json.loads(path.read_text())["cells"] if path.is_file() else {}  # earlier invocations' cells
+        for task, by_method in cells.items():
+            merged.setdefault(task, {}).update(by_method)
         summary = {"protocol": "experiments/glue_paper.py (docs/results.md, 'Protocol')", "smoke": self.args.smoke,
-                   "cells": cells}
+                   "cells": merged}
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        path.write_text(json.dumps(summary, indent=1) + "\n")
         return summary
 
 

@@ -90,7 +90,7 @@ def glue_section() -> str:
                     f"{statistics.median(walls) / 60:.0f} |")
     head.append("| majority class of the test half | 0 | " + " | ".join(_majority(t) for t in tasks) + " | – | – |")
     detail = ["| task | method | lr | epochs | train examples | test score per seed | best epoch per seed | "
-              "dev-half best per seed |", "|---|---|---:|---:|---:|---|---|---|"]
+              "dev-half best per seed | final training loss per seed |", "|---|---|---:|---:|---:|---|---|---|---|"]
     for t in tasks:
         for m in methods:
             rs = runs[t].get(m, [])
@@ -100,7 +100,8 @@ def glue_section() -> str:
                           f"{rs[0]['train_examples']:,} | "
                           + ", ".join(f"{_pct(r['eval']['score'])} (s{r['settings']['seed']})" for r in rs) + " | "
                           + ", ".join(f"{r['train']['best_epoch']:g}" for r in rs) + " | "
-                          + ", ".join(_pct(r["train"]["best_dev"]) for r in rs) + " |")
+                          + ", ".join(_pct(r["train"]["best_dev"]) for r in rs) + " | "
+                          + ", ".join(f"{r['train']['final_loss']:.3f}" for r in rs) + " |")
     for t in tasks:
         chosen = {(m, f"{rs[0]['settings']['lr']:g}") for m, rs in runs[t].items()}
         for f in sorted((RESULTS / "glue_paper" / t).glob("*-lr*-s*.json")):
@@ -110,7 +111,7 @@ def glue_section() -> str:
                 detail.append(f"| {t} | {NAMES[method]}, rate not chosen | {r['settings']['lr']:g} | "
                               f"{r['settings']['epochs']:g} | {r['train_examples']:,} | {_pct(r['eval']['score'])} "
                               f"(s{r['settings']['seed']}) | {r['train']['best_epoch']:g} | "
-                              f"{_pct(r['train']['best_dev'])} |")
+                              f"{_pct(r['train']['best_dev'])} | {r['train']['final_loss']:.3f} |")
     gap = "LoReFT or LoRA has no run yet."
     if "loreft" in means and "lora" in means:
         common = [t for t in tasks if t in means["loreft"] and t in means["lora"]]
@@ -212,8 +213,10 @@ def issue16_section(findings: str = "") -> str:
     env = next((r[0].get("environment", {}) for t in glue_runs().values() for r in t.values()), {})
     return f"""## The paper's claim at a budget that means something (issue 16)
 
-CPU runs on the shared 2-core machine (no GPU was lent), one thread per run (MRPC's LoRA run: two), two or three
-runs at a time (`nice -n 5`), so wall times include the other runs on the same cores and compare nothing.
+CPU runs on the shared 2-core machine (no GPU was lent). The first runs used one thread each, two or three at a time
+(`nice -n 5`); the later ones (MRPC's LoRA seed 42; the LoReFT rate grids on CoLA and MRPC, CoLA's LoReFT seeds
+43–44, MRPC seed 43, the rank-4 diagnostic, DiReFT) one at a time at two threads. Wall times therefore compare
+nothing across rows.
 Software: torch {env.get("torch", "?")}, transformers {env.get("transformers", "?")}, peft {env.get("peft", "?")}.
 {findings}
 ### GLUE on MiniLM-L6 at the paper's protocol (`experiments/glue_paper.py`)
@@ -223,12 +226,13 @@ untied, `f3` with pyreft's short-input rule (`position_rule="half"`) and R held 
 (`rotation="householder"`), batch 32, AdamW, linear schedule with the task's warm-up, weight decay 0, the task's
 dropout, the same head for every method, the frozen base's dropout off, the best epoch on the seed's dev half,
 reported on the seed's held-out test half (cells: mean ± sample sd over seeds 42, 43, 44 unless `n=` says
-otherwise, ×100; CoLA: Matthews correlation). What fit two sessions: **SST-2** (8,000 training examples, **5
+otherwise, ×100; CoLA: Matthews correlation). What fit three sessions: **SST-2** (8,000 training examples, **5
 epochs**: 1,250 steps), **CoLA** (all 8,551, **10 epochs**: 2,680 steps) and **MRPC** (all 3,668, **10 epochs**,
-seed 42 only); LoReFT, LoRA (r 8, α 16 on query/value) and the probe. DiReFT, RTE and STS-B did not fit
-(`experiments/glue_paper.py --tasks rte,stsb` runs them, resumable). Rows named *QR* or *split rule* are earlier
-LoReFT runs under reft's defaults (`rotation="qr"`, `position_rule="split"`), kept for the comparison; MRPC, RTE and
-STS-B have no input short enough for the two position rules to differ.
+seeds 42–43); LoReFT, LoRA (r 8, α 16 on query/value) and the probe; DiReFT on SST-2 seed 42 at LoReFT's rate. RTE
+and STS-B did not fit (`experiments/glue_paper.py --tasks rte,stsb` runs them, resumable). Rows named *QR* or *split
+rule* are earlier LoReFT runs under reft's defaults (`rotation="qr"`, `position_rule="split"`), kept for the
+comparison; MRPC, RTE and STS-B have no input short enough for the two position rules to differ. *Rank 4* is a
+capacity diagnostic off the protocol (`--rank 4`: 4× LoReFT's parameters, 4× fewer than LoRA's).
 
 {glue_section()}
 ### Parity with pyreft on classification (`benchmarks/glue_parity.py`)
