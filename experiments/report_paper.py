@@ -19,8 +19,9 @@ from reft.harness.tasks.glue_generation import extract_label_word  # noqa: E402
 RESULTS = ROOT / "results"
 BENCH = ROOT / "benchmarks" / "results"
 NAMES = {"loreft": "LoReFT", "loreft_qr": "LoReFT, QR", "loreft_split_qr": "LoReFT, QR, split rule",
-         "loreft_r4": "LoReFT, rank 4 (off the protocol)",
          "direft": "DiReFT", "lora": "LoRA", "probe": "probe (head only)", "base": "base model"}
+#: ``glue_paper.py --rank k`` results, ``<method>_r<k>``, listed after the protocol's rows
+NAMES |= {f"{m}_r{k}": f"{NAMES[m]}, rank {k} (off the protocol)" for m in ("loreft", "direft") for k in (2, 4, 8)}
 METRIC = {"sst2": "SST-2 acc", "cola": "CoLA MCC", "mrpc": "MRPC acc", "rte": "RTE acc", "stsb": "STS-B P/S"}
 
 
