@@ -4,6 +4,7 @@ SST-2, and SST-2 as generation on SmolLM2. Every number is read from the result 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 from collections import Counter
@@ -20,9 +21,14 @@ RESULTS = ROOT / "results"
 BENCH = ROOT / "benchmarks" / "results"
 NAMES = {"loreft": "LoReFT", "loreft_qr": "LoReFT, QR", "loreft_split_qr": "LoReFT, QR, split rule",
          "direft": "DiReFT", "lora": "LoRA", "probe": "probe (head only)", "base": "base model"}
-#: ``glue_paper.py --rank k`` results, ``<method>_r<k>``, listed after the protocol's rows
-NAMES |= {f"{m}_r{k}": f"{NAMES[m]}, rank {k} (off the protocol)" for m in ("loreft", "direft") for k in (2, 4, 8)}
 METRIC = {"sst2": "SST-2 acc", "cola": "CoLA MCC", "mrpc": "MRPC acc", "rte": "RTE acc", "stsb": "STS-B P/S"}
+
+
+def _name(label: str) -> str:
+    """A result label's name in the tables; ``glue_paper.py --rank k`` labels are ``<method>_r<k><rest>``."""
+    if (m := re.fullmatch(r"(.+?)_r(\d+)(.*)", label)) and m[1] + m[3] in NAMES:
+        return f"{NAMES[m[1] + m[3]]}, rank {m[2]} (off the protocol)"
+    return NAMES[label]
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
@@ -67,12 +73,23 @@ def _majority(task: str, seeds: tuple[int, ...] = (42, 43, 44)) -> str:
     return _mean_sd(shares)
 
 
+def _run_row(task: str, name: str, rs: list[dict]) -> str:
+    """One row of the per-run table: runs of one method at one rate, a value per seed in each cell."""
+    return (f"| {task} | {name} | {rs[0]['settings']['lr']:g} | {rs[0]['settings']['epochs']:g} | "
+            f"{rs[0]['train_examples']:,} | "
+            + ", ".join(f"{_pct(r['eval']['score'])} (s{r['settings']['seed']})" for r in rs) + " | "
+            + ", ".join(f"{r['train']['best_epoch']:g}" for r in rs) + " | "
+            + ", ".join(_pct(r["train"]["best_dev"]) for r in rs) + " | "
+            + ", ".join(f"{r['train']['final_loss']:.3f}" for r in rs) + " |")
+
+
 def glue_section() -> str:
     runs = glue_runs()
     if not runs:
         return "(no run in results/glue_paper/ yet)\n"
     tasks = sorted(runs, key=list(METRIC).index)
-    methods = [m for m in NAMES if any(m in runs[t] for t in tasks)]
+    labels = {m for t in tasks for m in runs[t]}
+    methods = [m for m in NAMES if m in labels] + sorted(labels - NAMES.keys())  # rank diagnostics last
     lora_params = next((r[0]["parameters"]["adapter"] for t in tasks for m, r in runs[t].items() if m == "lora"), None)
     head = ["| method | adapter params | " + " | ".join(METRIC[t] for t in tasks) + " | avg | min / run |",
             "|---|---:|" + "---:|" * (len(tasks) + 2)]
@@ -87,32 +104,21 @@ def glue_section() -> str:
                 means.setdefault(m, {})[t] = statistics.fmean(scores)
         params = next(r[0]["parameters"]["adapter"] for t in tasks if (r := runs[t].get(m)))
         avg = statistics.fmean(means[m].values()) if len(means.get(m, {})) == len(tasks) else None
-        head.append(f"| {NAMES[m]} | {params:,} | " + " | ".join(cells) + f" | {_pct(avg)} | "
+        head.append(f"| {_name(m)} | {params:,} | " + " | ".join(cells) + f" | {_pct(avg)} | "
                     f"{statistics.median(walls) / 60:.0f} |")
     head.append("| majority class of the test half | 0 | " + " | ".join(_majority(t) for t in tasks) + " | – | – |")
     detail = ["| task | method | lr | epochs | train examples | test score per seed | best epoch per seed | "
               "dev-half best per seed | final training loss per seed |", "|---|---|---:|---:|---:|---|---|---|---|"]
     for t in tasks:
         for m in methods:
-            rs = runs[t].get(m, [])
-            if not rs:
-                continue
-            detail.append(f"| {t} | {NAMES[m]} | {rs[0]['settings']['lr']:g} | {rs[0]['settings']['epochs']:g} | "
-                          f"{rs[0]['train_examples']:,} | "
-                          + ", ".join(f"{_pct(r['eval']['score'])} (s{r['settings']['seed']})" for r in rs) + " | "
-                          + ", ".join(f"{r['train']['best_epoch']:g}" for r in rs) + " | "
-                          + ", ".join(_pct(r["train"]["best_dev"]) for r in rs) + " | "
-                          + ", ".join(f"{r['train']['final_loss']:.3f}" for r in rs) + " |")
+            if rs := runs[t].get(m, []):
+                detail.append(_run_row(t, _name(m), rs))
     for t in tasks:
         chosen = {(m, f"{rs[0]['settings']['lr']:g}") for m, rs in runs[t].items()}
         for f in sorted((RESULTS / "glue_paper" / t).glob("*-lr*-s*.json")):
             method, rest = f.stem.split("-lr", 1)
             if (method, rest.rsplit("-s", 1)[0]) not in chosen:
-                r = json.loads(f.read_text())
-                detail.append(f"| {t} | {NAMES[method]}, rate not chosen | {r['settings']['lr']:g} | "
-                              f"{r['settings']['epochs']:g} | {r['train_examples']:,} | {_pct(r['eval']['score'])} "
-                              f"(s{r['settings']['seed']}) | {r['train']['best_epoch']:g} | "
-                              f"{_pct(r['train']['best_dev'])} | {r['train']['final_loss']:.3f} |")
+                detail.append(_run_row(t, f"{_name(method)}, rate not chosen", [json.loads(f.read_text())]))
     gap = "LoReFT or LoRA has no run yet."
     if "loreft" in means and "lora" in means:
         common = [t for t in tasks if t in means["loreft"] and t in means["lora"]]
@@ -134,13 +140,13 @@ def glue_section() -> str:
                   "|---|---:|---|---:|"]
     for m, c in proxy.items():
         rate = LORA_PAPER_LR["sst2"] if m == "lora" else PAPER_GLUE["sst2"].lr
-        proxy_rows.append(f"| {NAMES[m]} | {rate:g} | " + " / ".join(_pct(v) for v in c["dev_scores"].values())
+        proxy_rows.append(f"| {_name(m)} | {rate:g} | " + " / ".join(_pct(v) for v in c["dev_scores"].values())
                           + f" | ×{c['multiplier']:g} |")
     full_rows = ["| task | method | rate: dev-half score (seed 42, best epoch) | chosen |", "|---|---|---|---:|"]
     for t in tasks:
         full_file = RESULTS / "glue_paper" / t / "chosen.json"
         for m, c in (json.loads(full_file.read_text()) if full_file.is_file() else {}).items():
-            full_rows.append(f"| {t} | {NAMES[m]} | " + ", ".join(f"{lr}: {_pct(v)}" for lr, v in
+            full_rows.append(f"| {t} | {_name(m)} | " + ", ".join(f"{lr}: {_pct(v)}" for lr, v in
                                                                  c["dev_scores"].items()) + f" | {c['lr']:g} |")
     head_params = next(r[0]["parameters"]["head"] for t in tasks for r in runs[t].values())
     note = (f"Adapter parameters exclude the classification head ({head_params:,} on SST-2), which every method, "
