@@ -176,20 +176,22 @@ class Sweep:
         chosen_file.write_text(json.dumps(chosen, indent=1) + "\n")
         return best
 
-    def table(self, tasks, methods, seeds) -> dict:
+    def table(self) -> dict:
+        """Every cell on disk: per task, each label of its ``chosen.json`` at the chosen rate, over the seeds whose
+        run files exist (so a partial invocation never drops another's cells)."""
         cells: dict = {}
-        for task in tasks:
-            chosen_file = self.out / task / "chosen.json"
-            chosen = json.loads(chosen_file.read_text()) if chosen_file.is_file() else {}
-            for method in methods:
-                if self.label(method) not in chosen:
-                    continue
-                lr = chosen[self.label(method)]["lr"]
-                runs = [json.loads(p.read_text()) for s in seeds if (p := self.path(task, method, lr, s)).is_file()]
+        for chosen_file in sorted(self.out.glob("*/chosen.json")):
+            task = chosen_file.parent.name
+            if task == "proxy":
+                continue
+            for label, choice in json.loads(chosen_file.read_text()).items():
+                lr = choice["lr"]
+                files = sorted(chosen_file.parent.glob(f"{label}-lr{lr:g}-s*.json"))
+                runs = [json.loads(p.read_text()) for p in files]
                 if not runs:
                     continue
                 scores = [r["eval"]["score"] for r in runs]
-                cells.setdefault(task, {})[self.label(method)] = {
+                cells.setdefault(task, {})[label] = {
                     "lr": lr, "seeds": [r["settings"]["seed"] for r in runs], "scores": scores,
                     "mean": statistics.fmean(scores), "sd": statistics.stdev(scores) if len(scores) > 1 else None,
                     "best_epochs": [r["train"]["best_epoch"] for r in runs],
@@ -198,14 +200,10 @@ class Sweep:
                     "train_examples": runs[0]["train_examples"], "dev_examples": runs[0]["dev_examples"],
                     "test_examples": runs[0]["eval"]["n"], "epochs": runs[0]["settings"]["epochs"],
                     "base_dropout": runs[0].get("base_dropout"), "main_metric": runs[0]["eval"]["main_metric"]}
-        path = self.out / "summary.json"
-        merged = json.loads(path.read_text())["cells"] if path.is_file() else {}  # earlier invocations' cells
-        for task, by_method in cells.items():
-            merged.setdefault(task, {}).update(by_method)
         summary = {"protocol": "experiments/glue_paper.py (docs/results.md, 'Protocol')", "smoke": self.args.smoke,
-                   "cells": merged}
+                   "cells": cells}
         self.out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(summary, indent=1) + "\n")
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         return summary
 
 
@@ -365,8 +363,8 @@ def main() -> int:
             for seed in seeds:
                 if seed != TUNE_SEED:
                     sweep.one(task, method, lr, seed)
-            sweep.table(tasks, methods, seeds)
-    summary = sweep.table(tasks, methods, seeds)
+            sweep.table()
+    summary = sweep.table()
     print(markdown(summary, [sweep.label(m) for m in methods]))
     return 0
 
