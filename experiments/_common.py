@@ -29,7 +29,18 @@ def environment() -> dict:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "gpu": torch.cuda.is_available()}
+            "cpus": os.cpu_count(), "cpu_model": _cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "gpu": torch.cuda.is_available()}
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; elsewhere ``platform.processor()``): wall times of runs
+    made on different machines are not comparable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor()
 
 
 def compact(result: dict, keep_predictions: bool) -> dict:
