@@ -14,8 +14,10 @@ Protocol (reft.harness.suite.paper_glue_setup; the paper's Tables 9–10):
   length-grouped batches, the same head (``W_o tanh(W_d h_CLS + b_d) + b_o``) trained with the adapter, the best
   epoch on the dev half, :data:`EPOCHS` epochs, the frozen base's dropout as in
   :data:`reft.harness.classification.BASE_DROPOUT` (measured in docs/results.md);
-* LoReFT / DiReFT: rank 1 (``--rank k``: a capacity diagnostic, named ``<method>_r<k>``), every layer, untied,
-  ``block_output``, the task's positions (``f3``) under pyreft's ⌊n/2⌋ rule (``position_rule="half"``;
+* LoReFT / DiReFT: rank 1 (``--rank k``: a capacity diagnostic, named ``<method>_r<k>``), every layer, untied
+  (``--tied``: one intervention for both parts, named ``<method>_tied``), ``block_output``, the task's positions
+  (``f3``; ``--positions f32+l32``: a diagnostic, named ``<method>_at_f32+l32``) under pyreft's ⌊n/2⌋ rule
+  (``position_rule="half"``;
   ``--position-rule split`` runs reft's default, named ``<method>_split``), R under pyreft's parametrisation
   (``rotation="householder"``; ``--rotation qr``: reft's, named ``<method>_qr``) and dropout;
 * LoRA: rank 8, α 16, on query and value of every layer (peft), the task's dropout as ``lora_dropout``;
@@ -49,6 +51,7 @@ from reft.harness.classification import BASE_DROPOUT  # noqa: E402
 from reft.harness.models import load_model  # noqa: E402
 from reft.harness.suite import REFT_METHODS, paper_glue_setup, run_task  # noqa: E402
 from reft.harness.tasks.glue import LORA_PAPER_LR, PAPER_GLUE_SHARED, paper_hyperparameters, paper_rotation  # noqa: E402
+from reft.positions import parse_positions  # noqa: E402
 
 TASKS = ("sst2", "mrpc", "cola", "rte", "stsb")
 METHODS = ("loreft", "direft", "lora", "probe")
@@ -101,7 +104,9 @@ class Sweep:
             return method
         qr = self.args.rotation == "qr" and paper_rotation(method) != "qr"  # a method without R has no rotation
         rank = f"_r{self.args.rank}" if self.args.rank not in (None, PAPER_RANK) else ""
-        return method + rank + "_split" * (self.args.position_rule == "split") + "_qr" * qr
+        at = f"_at_{self.args.positions}" if self.args.positions else ""
+        rule = "_split" * (self.args.position_rule == "split")
+        return method + rank + at + "_tied" * self.args.tied + rule + "_qr" * qr
 
     def train(self, task: str, method: str, run_dir, *, seed: int, epochs: float, lr: float, **options) -> dict:
         """One run of the protocol (:func:`paper_glue_setup`, ``--position-rule`` applied to the ReFT config)."""
@@ -109,7 +114,9 @@ class Sweep:
         if config is not None:
             rotation = "qr" if self.args.rotation == "qr" else paper_rotation(method)
             config = dataclasses.replace(config, position_rule=self.args.position_rule, rotation=rotation,
-                                         rank=self.args.rank or config.rank)
+                                         rank=self.args.rank or config.rank,
+                                         positions=self.args.positions or config.positions,
+                                         tied=self.args.tied or config.tied)
         model, tokenizer = load_model("minilm")
         return run_task(model, tokenizer, task, method, run_dir, settings=settings, reft_config=config, lora=lora,
                         subset_seed=0, progress=False, model_name="minilm",
@@ -313,6 +320,14 @@ def estimate(args) -> None:
     (RESULTS / "glue_paper_smoke" / "batching.md").write_text(pad + "\n")
 
 
+def positions_arg(spec: str) -> str:
+    """``--positions``: a position spec in its normal form (``f3+l3``), or an argparse error naming the format."""
+    try:
+        return str(parse_positions(spec))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default=",".join(TASKS))
@@ -323,6 +338,12 @@ def main() -> int:
     ap.add_argument("--base-dropout", choices=["on", "off"], default="on" if BASE_DROPOUT else "off")
     ap.add_argument("--rank", type=int, default=None,
                     help=f"ReFT rank, off the protocol (its rank: {PAPER_RANK}); results named <method>_r<rank>")
+    ap.add_argument("--positions", default=None, type=positions_arg, metavar="SPEC",
+                    help="ReFT positions, off the protocol (its positions: the task's, f3 on the small tasks), "
+                         "e.g. f32+l32 (every token of a prompt up to 64 tokens); results named <method>_at_<SPEC>")
+    ap.add_argument("--tied", action="store_true",
+                    help="one intervention for the first and the last positions (the protocol: untied); results "
+                         "named <method>_tied")
     ap.add_argument("--position-rule", choices=["half", "split"], default="half",
                     help="ReFT's short-prompt rule: half = pyreft's, the paper's (each part at most n//2 tokens); "
                          "split = reft's default, results named <method>_split (default: %(default)s)")

@@ -25,10 +25,14 @@ METRIC = {"sst2": "SST-2 acc", "cola": "CoLA MCC", "mrpc": "MRPC acc", "rte": "R
 
 
 def _name(label: str) -> str:
-    """A result label's name in the tables; ``glue_paper.py --rank k`` labels are ``<method>_r<k><rest>``."""
-    if (m := re.fullmatch(r"(.+?)_r(\d+)(.*)", label)) and m[1] + m[3] in NAMES:
-        return f"{NAMES[m[1] + m[3]]}, rank {m[2]} (off the protocol)"
-    return NAMES[label]
+    """A result label's name in the tables; ``glue_paper.py`` labels off the protocol carry what differs after the
+    method: ``_r<k>`` (``--rank k``), ``_at_<spec>`` (``--positions``), ``_tied`` (``--tied``)."""
+    base, off = label, []
+    for pattern, words in ((r"_r(\d+)", "rank {}"), (r"_at_([fl0-9+]+)", "at {}"), (r"_(tied)", "{}")):
+        if m := re.search(pattern, base):
+            off.append(words.format(m[1]))
+            base = base.replace(m[0], "", 1)
+    return f"{NAMES[base]}, {', '.join(off)} (off the protocol)" if off else NAMES[label]
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
