@@ -1,13 +1,14 @@
 """A decoder task SmolLM2-135M-Instruct can learn (issue 16 §3): SST-2 as generation, LoReFT vs DiReFT vs LoRA.
 
-    nice -n 10 python experiments/decoder_sst2.py                  # base model + 3 methods (about 40 min, 1 thread)
+    nice -n 10 python experiments/decoder_sst2.py                  # base model + 3 methods × 3 seeds (resumes)
     python experiments/decoder_sst2.py --smoke                     # every code path on tiny subsets
 
 Task ``sst2_gen`` (:mod:`reft.harness.tasks.glue_generation`): the sentence in the Alpaca template with
 ``Answer format: negative/positive``; target the label word; a generation scores 1 when the first label word in
 it is the gold one. Training: a seeded subset of the SST-2 train split (subset seed 0, the same for every method);
-reported on the held-out test half of the GLUE dev file of seed 42 (the rows of the encoder table's seed-42 test
-half); the dev half of seed 42 is scored too (reported; it chose nothing: the rates are fixed a priori).
+each seed (42, 43, 44) sets the adapter's initialisation and batch order and is reported on its held-out test half
+of the GLUE dev file (the rows of the encoder table's test half of that seed); its dev half is scored too
+(reported; it chose nothing: the rates are fixed a priori).
 
 * LoReFT / DiReFT: the paper's commonsense recipe scaled to this model: rank 4 on 6 of the 30 layers, ``f7+l7``,
   tied, warm-up ratio 0.1, linear decay; 27,672 parameters;
@@ -34,7 +35,7 @@ from reft.harness.suite import run_task  # noqa: E402
 
 TASK = "sst2_gen"
 METHODS = ("loreft", "lora", "direft")
-SEEDS = (42,)
+SEEDS = (42, 43, 44)
 TRAIN = 2000
 EPOCHS = 1
 BATCH = 8
