@@ -255,7 +255,8 @@ CPU runs on the shared 2-core machine (no GPU was lent). The first runs used one
 (`nice -n 5`); the later ones (MRPC's LoRA seed 42; the LoReFT rate grids on CoLA and MRPC, CoLA's LoReFT seeds
 43–44, MRPC seeds 43–44, the rank-4 diagnostic, DiReFT on SST-2, RTE and STS-B seed 42) one at a time at two
 threads. RTE and STS-B seeds 43–44, the probe on MRPC, RTE and STS-B, and DiReFT beyond SST-2 seed 42 ran in a fifth
-session on another 2-core machine (an AVX-512 Xeon: STS-B's LoReFT run took 5.4 min there against 13.5 on the
+session, DiReFT's CoLA, MRPC and RTE seeds 43–44, the positions diagnostic and the decoder's seeds 43–44 in a sixth,
+on another 2-core machine (an AVX-512 Xeon: STS-B's LoReFT run took 5.4 min there against 13.5 on the
 first); run files from then on record the CPU (`environment.cpu_model`, `cpu_capability`). Wall times therefore
 compare nothing across rows.
 Software: torch {env.get("torch", "?")}, transformers {env.get("transformers", "?")}, peft {env.get("peft", "?")}.
@@ -268,14 +269,16 @@ untied, `f3` with pyreft's short-input rule (`position_rule="half"`) and R held 
 dropout, the same head for every method, the frozen base's dropout off, the best epoch on the seed's dev half,
 reported on the seed's held-out test half (cells: mean ± sample sd over seeds 42, 43, 44 unless `n=` says
 otherwise, ×100; CoLA: Matthews correlation; STS-B: the mean of Pearson and Spearman correlations). What fit
-five sessions: **SST-2** (8,000 training examples, **5 epochs**: 1,250 steps), **CoLA** (all 8,551, **10 epochs**:
+six sessions: **SST-2** (8,000 training examples, **5 epochs**: 1,250 steps), **CoLA** (all 8,551, **10 epochs**:
 2,680 steps), **MRPC** (all 3,668), **RTE** (all 2,490) and **STS-B** (all 5,749), 10 epochs each, at 3 seeds with
 LoReFT (its rate from the paper's ×1, ×3, ×10 on seed 42's dev half), LoRA (r 8, α 16 on query/value; ×3 the
 LoRA paper's rate, chosen on SST-2), the probe (its rate from 6e-4, 2e-3, 6e-3; STS-B also 2e-2, 6e-2) and
 DiReFT (its rate from the same ×1, ×3, ×10 grid as LoReFT's). Rows named *QR* or *split
 rule* are earlier LoReFT runs under reft's defaults (`rotation="qr"`, `position_rule="split"`), kept for the
 comparison; MRPC, RTE and STS-B have no input short enough for the two position rules to differ. *Rank 4* is a
-capacity diagnostic off the protocol (`--rank 4`: 4× LoReFT's parameters, 4× fewer than LoRA's).
+capacity diagnostic off the protocol (`--rank 4`: 4× LoReFT's parameters, 4× fewer than LoRA's); *at f32+l32,
+tied* a positions diagnostic (`--positions f32+l32 --tied`: one intervention per layer on every token of inputs up
+to 64 tokens, the first and last 32 of longer ones; LoReFT's parameter count; seed 42 at the task's LoReFT rate).
 
 {glue_section()}
 ### Parity with pyreft on classification (`benchmarks/glue_parity.py`)
