@@ -60,8 +60,9 @@ FINDINGS = """
     65.2 → 67.6, STS-B 82.8 → 84.5 (LoRA's seed 42: 82.6, 23.4, 74.0, 84.8), one seed each, so within noise.
 
   A rank-1 edit per layer, at 3 prefix tokens or at all of them, in a 6-layer, 384-wide sentence-embedding
-  encoder whose [CLS] was never trained as a summary (the probe: 8.6 MCC on CoLA), has few ways to bring the head what it needs; LoRA changes
-  attention at every token. The parity fixes move full-size SST-2 little (QR 79.6 ± 1.0, QR + reft's rule
+  encoder whose [CLS] was never trained as a summary (the probe: 8.6 MCC on CoLA), has few ways to bring the head
+  what it needs; LoRA changes attention at every token. The parity fixes move full-size SST-2
+  little (QR 79.6 ± 1.0, QR + reft's rule
   79.0 ± 0.5). MRPC's halves disagree for a weak classifier: the seed-42 LoReFT adapter scores 81.9 on its dev half
   and 65.2 on its test half, reproduced by `reft eval --split dev|test` from the saved adapter; it answers
   "paraphrase" for 83% of the test half, where 65% are, and its score follows each half's share of positives
