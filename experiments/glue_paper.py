@@ -98,8 +98,9 @@ class Sweep:
         self.runs = RUNS / ("glue_paper_smoke" if args.smoke else "glue_paper")
 
     def label(self, method: str) -> str:
-        """The name of a method's results: ReFT off the protocol carries what differs, ``<method>_split`` (reft's
-        short-prompt rule), ``<method>_qr`` (reft's QR rotation), ``<method>_split_qr``."""
+        """The name of a method's results: ReFT off the protocol carries what differs, in this order: ``_r<k>``
+        (``--rank``), ``_at_<spec>`` (``--positions``), ``_tied``, ``_split`` (reft's short-prompt rule), ``_qr``
+        (reft's QR rotation); e.g. ``loreft_at_f32+l32_tied``, ``loreft_split_qr``."""
         if method not in REFT_METHODS:
             return method
         qr = self.args.rotation == "qr" and paper_rotation(method) != "qr"  # a method without R has no rotation
@@ -109,7 +110,7 @@ class Sweep:
         return method + rank + at + "_tied" * self.args.tied + rule + "_qr" * qr
 
     def train(self, task: str, method: str, run_dir, *, seed: int, epochs: float, lr: float, **options) -> dict:
-        """One run of the protocol (:func:`paper_glue_setup`, ``--position-rule`` applied to the ReFT config)."""
+        """One run of the protocol (:func:`paper_glue_setup`; the off-protocol flags applied to the ReFT config)."""
         settings, config, lora = paper_glue_setup(task, method, seed=seed, epochs=epochs, lr=lr)
         if config is not None:
             rotation = "qr" if self.args.rotation == "qr" else paper_rotation(method)

@@ -59,21 +59,19 @@ FINDINGS = """
     0.437 → 0.424, MRPC 0.563 → 0.463, STS-B 0.488 → 0.427; test half SST-2 80.5 → 81.4, CoLA 23.9 → 19.9, MRPC
     65.2 → 67.6, STS-B 82.8 → 84.5 (LoRA's seed 42: 82.6, 23.4, 74.0, 84.8), one seed each, so within noise.
 
-  A rank-1 edit per layer, at 3 prefix tokens or at all of them, in a 6-layer, 384-wide sentence-embedding
-  encoder whose [CLS] was never trained as a summary (the probe: 8.6 MCC on CoLA), has few ways to bring the head
-  what it needs; LoRA changes attention at every token. The parity fixes move full-size SST-2
-  little (QR 79.6 ± 1.0, QR + reft's rule
-  79.0 ± 0.5). MRPC's halves disagree for a weak classifier: the seed-42 LoReFT adapter scores 81.9 on its dev half
-  and 65.2 on its test half, reproduced by `reft eval --split dev|test` from the saved adapter; it answers
-  "paraphrase" for 83% of the test half, where 65% are, and its score follows each half's share of positives
-  (72% and 65% on seed 42). DiReFT (the same parameter count, a free W2 in place of the orthonormal R), its rate
-  from the same grid, is below LoReFT at 3 seeds on every task that separates the methods: SST-2 75.5 ± 1.9 against
-  79.9 ± 1.5, CoLA 8.2 ± 4.9 against 16.6 ± 7.2, MRPC 67.0 ± 5.8 against 69.3 ± 3.5 (RTE 51.1 ± 1.4: chance).
-  Without R's constraint it is unstable at the high rates LoReFT takes: CoLA's ×10 trains it to a constant answer
-  (MCC 0.0), RTE's ×10, chosen on seed 42's dev half, has its best dev epoch at the first on every seed (training loss
-  0.70–0.71, chance), and STS-B's ×10, chosen on
-  seed 42, fails on seeds 43 and 44 (9.5 and 16.0; training MSE 2.640 and
-  2.435 against 0.732), so its STS-B cell is 35.7 ± 40.0. The paper's setting is RoBERTa (12–24 layers, d
+  A rank-1 edit per layer, at 3 prefix tokens or at all of them, in a 6-layer, 384-wide sentence-embedding encoder
+  whose [CLS] was never trained as a summary (the probe: 8.6 MCC on CoLA), has few ways to bring the head what it
+  needs; LoRA changes attention at every token. The parity fixes move full-size SST-2 little (QR 79.6 ± 1.0, QR +
+  reft's rule 79.0 ± 0.5). MRPC's halves disagree for a weak classifier: the seed-42 LoReFT adapter scores 81.9 on
+  its dev half and 65.2 on its test half, reproduced by `reft eval --split dev|test` from the saved adapter; it
+  answers "paraphrase" for 83% of the test half, where 65% are, and its score follows each half's share of positives
+  (72% and 65% on seed 42). DiReFT (the same parameter count, a free W2 in place of the orthonormal R), its rate from
+  the same grid, is below LoReFT at 3 seeds on every task that separates the methods: SST-2 75.5 ± 1.9 against 79.9 ±
+  1.5, CoLA 8.2 ± 4.9 against 16.6 ± 7.2, MRPC 67.0 ± 5.8 against 69.3 ± 3.5 (RTE 51.1 ± 1.4: chance). Without R's
+  constraint it is unstable at the high rates LoReFT takes: CoLA's ×10 trains it to a constant answer (MCC 0.0),
+  RTE's ×10, chosen on seed 42's dev half, has its best dev epoch at the first on every seed (training loss
+  0.70–0.71, chance), and STS-B's ×10, chosen on seed 42, fails on seeds 43 and 44 (9.5 and 16.0; training MSE 2.640
+  and 2.435 against 0.732), so its STS-B cell is 35.7 ± 40.0. The paper's setting is RoBERTa (12–24 layers, d
   768–1,024) for 40–60 epochs; here 6 layers of 384 for 5–10.
 * **A decoder task SmolLM2-135M learns:** SST-2 as generation, each seed on its own held-out half (3 seeds): LoReFT
   86.5 ± 0.9%, LoRA 88.6 ± 0.6%, DiReFT 81.6 ± 3.2% (same rank, layers and rate as LoReFT); base model 49.8 ± 2.6%,
