@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -21,6 +25,40 @@ from transformers import (
 from reft.data import ReftDataCollator
 
 VOCAB = 64
+#: set (CI does, in .ci/run) to make a missing task-data folder an error instead of a reason to use the stand-in
+REQUIRE_DATA_ENV = "REFT_REQUIRE_DATA"
+_DATA_SKIP: str | None = None  # why needs_data tests skip in this session (None: the real data is there)
+
+
+def pytest_configure(config) -> None:
+    """Find the task data (``REFT_DATA`` or ``../shared/data``). Without it, the loaders' logic runs on a synthetic
+    stand-in (``tests/mini_data.py``) and tests marked ``needs_data`` skip, naming ``REFT_DATA``; with
+    ``REFT_REQUIRE_DATA=1`` the run stops instead."""
+    global _DATA_SKIP
+    config.addinivalue_line("markers", "needs_data: asserts facts of the real task data files (../shared/data)")
+    from reft.harness.tasks import data_root
+
+    try:
+        if (data_root() / "MANIFEST.md").is_file():
+            return
+        problem = f"{data_root()} holds no MANIFEST.md"
+    except FileNotFoundError as e:
+        problem = str(e)
+    if os.environ.get(REQUIRE_DATA_ENV):
+        raise pytest.UsageError(f"{REQUIRE_DATA_ENV} is set but the task data is missing: {problem}")
+    from mini_data import write_mini_data
+
+    root = write_mini_data(Path(tempfile.mkdtemp(prefix="reft-mini-data-")))
+    _DATA_SKIP = (f"needs the real task data (set REFT_DATA to the folder holding MANIFEST.md, or put shared/data "
+                  f"beside the checkout); the loaders ran on a synthetic stand-in instead ({problem})")
+    os.environ["REFT_DATA"] = str(root)  # also seen by the CLI subprocesses of the tests
+
+
+def pytest_runtest_setup(item) -> None:
+    if _DATA_SKIP and item.get_closest_marker("needs_data"):
+        pytest.skip(_DATA_SKIP)
+
+
 # tiny models run fastest on one thread, and a test run then leaves the other core to whatever else runs
 torch.set_num_threads(1)
 

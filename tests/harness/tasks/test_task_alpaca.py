@@ -60,6 +60,7 @@ def test_write_outputs_failure_keeps_old_file(tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 
+@pytest.mark.needs_data
 def test_instruction_tasks_load() -> None:
     alpaca = get_task("alpaca_eval").load("test")
     assert len({e["instruction"] for e in alpaca}) == 805

@@ -13,6 +13,7 @@ TRAIN_ROWS = {"sst2": 67349, "cola": 8551, "mrpc": 3668, "stsb": 5749, "rte": 24
 PAIR_TASKS = {"mrpc", "stsb", "rte", "qnli"}
 
 
+@pytest.mark.needs_data
 @pytest.mark.parametrize("task", sorted(DEV_ROWS))
 def test_dev_test_halves_partition_the_dev_file(task: str) -> None:
     spec = get_task(task)
@@ -40,6 +41,7 @@ def test_examples_text_and_labels(task: str) -> None:
     assert spec.num_labels == (1 if task == "stsb" else 2)
 
 
+@pytest.mark.needs_data
 @pytest.mark.parametrize("task", sorted(TRAIN_ROWS))
 def test_train_is_the_train_file(task: str) -> None:
     train = get_task(task).load("train")

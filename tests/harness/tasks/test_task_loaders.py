@@ -1,7 +1,8 @@
 """Loaders of the task suite on the real shared data: counts, prompt format, gold labels, registry.
 
-These tests need the shared data directory (``REFT_DATA`` or ``../shared/data``); without it they fail, they do
-not skip.
+Tests marked ``needs_data`` assert facts of the real files (``REFT_DATA`` or ``../shared/data``); without them they
+skip with that reason (``REFT_REQUIRE_DATA=1``, set by CI, makes that an error) and the rest run on the synthetic
+stand-in of ``tests/mini_data.py``.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def test_taskspec_is_frozen() -> None:
         spec.name = "x"  # type: ignore[misc]
 
 
+@pytest.mark.needs_data
 @pytest.mark.parametrize(("task", "split"), GENERATION_SPLITS)
 def test_counts_and_prompt_format(loaded, task: str, split: str) -> None:
     examples = loaded[(task, split)]
@@ -111,6 +113,7 @@ def test_math_gold_answers(loaded, task: str, split: str) -> None:
     assert consistency >= {"math_data_3k": 0.75, "math_10k": 0.99}.get(task, 1.0)
 
 
+@pytest.mark.needs_data
 def test_math_score_examples() -> None:
     gsm = get_task("gsm8k").load("test", limit=1)[0]  # gold 576
     assert gsm["answer"] == "576.0"
@@ -121,6 +124,7 @@ def test_math_score_examples() -> None:
     assert get_task("aqua").score("The answer is (D).", aqua) == 0.0
 
 
+@pytest.mark.needs_data
 def test_gsm8k_train_conversion() -> None:
     first = get_task("gsm8k").load("train", limit=1)[0]
     assert "<<" not in first["target"]
