@@ -55,21 +55,28 @@ def read_jsonl_rows(path: str | os.PathLike, fields: Sequence[str] = (), *,
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-            need = list(dict.fromkeys([*fields, *nonempty]))
             if not isinstance(row, dict):
+                need = list(dict.fromkeys([*fields, *nonempty])) or ["prompt"]
                 raise ValueError(f"{path}:{n}: a JSON {type(row).__name__} where an object is expected: write one "
-                                 "object per line, e.g. " + json.dumps({k: "…" for k in need or ("prompt",)}))
-            missing = [k for k in need if not isinstance(row.get(k), str)]
-            if missing:
-                raise ValueError(f"{path}:{n} lacks string field(s) {missing}: each line needs {need}")
-            empty = [k for k in nonempty if not row[k].strip()]
-            if empty:
-                raise ValueError(f"{path}:{n}: empty {', '.join(map(repr, empty))}: every example needs text there; "
-                                 "fill it in or drop the line")
+                                 "object per line, e.g. " + json.dumps(dict.fromkeys(need, "…")))
+            check_fields(row, f"{path}:{n}", fields, nonempty)
             rows.append((n, row))
     if not rows:
         raise ValueError(f"{path} holds no examples")
     return rows
+
+
+def check_fields(row: dict[str, Any], where: str, fields: Sequence[str] = (), nonempty: Sequence[str] = ()) -> None:
+    """Refuse (``ValueError`` starting with ``where``) a row whose ``fields`` are not strings or whose ``nonempty``
+    fields hold no text."""
+    need = list(dict.fromkeys([*fields, *nonempty]))
+    missing = [k for k in need if not isinstance(row.get(k), str)]
+    if missing:
+        raise ValueError(f"{where} lacks string field(s) {missing}: each example needs {need}")
+    empty = [k for k in nonempty if not row[k].strip()]
+    if empty:
+        raise ValueError(f"{where}: empty {', '.join(map(repr, empty))}: every example needs text there; fill it in "
+                         "or drop the example")
 
 
 def read_jsonl(path: str | os.PathLike, fields: Sequence[str] = (), *,

@@ -26,17 +26,37 @@ def _chat_template(tokenizer) -> str | None:
     return template or None
 
 
-def render_chat(tokenizer, prompt: str) -> str:
-    """``prompt`` as a single user turn through the tokenizer's chat template (plain text if it has none)."""
+def render_chat(tokenizer, prompt: str | Sequence[dict[str, str]]) -> str:
+    """``prompt`` (a user message, or chat turns ``[{"role", "content"}, …]`` ending before the reply) through the
+    tokenizer's chat template with the assistant's turn opened; a plain user message stays plain text if the
+    tokenizer has no chat template.
+
+    Raises:
+        ValueError: chat turns for a tokenizer without a chat template (only a lone user turn can be plain text).
+    """
+    turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if _chat_template(tokenizer):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                             tokenize=False)
-    return prompt
+        return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+    return plain_prompt(turns, "the tokenizer has no chat template")
 
 
-def format_prompts(tokenizer, prompts: Sequence[str], chat_template: bool) -> list[str]:
-    """``prompts`` through :func:`render_chat` when ``chat_template``, else unchanged."""
-    return [render_chat(tokenizer, p) for p in prompts] if chat_template else list(prompts)
+def plain_prompt(turns: Sequence[dict[str, str]], why: str) -> str:
+    """The text of a lone user turn, for prompts built without a chat template; refuses anything else (``why``
+    says why there is no template)."""
+    if len(turns) == 1 and turns[0]["role"] == "user":
+        return turns[0]["content"]
+    roles = ", ".join(t["role"] for t in turns)
+    raise ValueError(f"a prompt of {len(turns)} chat turns ({roles}) needs a chat template, but {why}: use a "
+                     "tokenizer with one, or give prompt/response pairs")
+
+
+def format_prompts(tokenizer, prompts: Sequence[str | Sequence[dict[str, str]]], chat_template: bool) -> list[str]:
+    """``prompts`` through :func:`render_chat` when ``chat_template``, else as plain text (chat turns: a lone user
+    turn only, see :func:`plain_prompt`)."""
+    if chat_template:
+        return [render_chat(tokenizer, p) for p in prompts]
+    return [p if isinstance(p, str) else plain_prompt(p, "the chat template is off (--no-chat-template)")
+            for p in prompts]
 
 
 def prompt_format(tokenizer, chat_template: bool) -> dict[str, Any]:

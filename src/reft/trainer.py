@@ -237,6 +237,9 @@ class ReftTrainer(Trainer):
     # ---- checks ----------------------------------------------------------------------------------------------
     def _check_train_data(self, dataset) -> None:
         """Refuse examples with no label token; warn when no prompt can hold all requested positions."""
+        if type(dataset).__module__.split(".")[0] == "datasets" and hasattr(dataset, "__getitem__"):
+            dataset = dataset.select_columns([c for c in ("labels", "prompt_lengths") if c in dataset.column_names])
+            dataset = dataset.to_list()  # a 🤗 datasets.Dataset: its label columns, read once
         if not isinstance(dataset, (list, tuple)) or not dataset or not isinstance(dataset[0], dict):
             return  # streaming / custom datasets are checked per batch (collator, compute_loss)
         for i, example in enumerate(dataset):

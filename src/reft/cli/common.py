@@ -126,6 +126,18 @@ def read_rows(path: str, flag: str, fields: tuple[str, ...], *, nonempty: Sequen
     return [row for _, row in rows], [f"{path}:{n}" for n, _ in rows]
 
 
+def read_examples(source: str, flag: str = "--data"):
+    """The examples of a data file or folder (:func:`reft.data_files.load_examples`); errors name ``flag``."""
+    from ..data_files import load_examples
+
+    if not os.path.exists(source):
+        raise UserError(f"{flag} {source}: no such file or folder")
+    try:
+        return load_examples(source)
+    except ImportError as e:
+        raise UserError(f"{flag}: {e}") from None
+
+
 def located(error: ExampleError, sources: Sequence[str]) -> UserError:
     """An :class:`ExampleError` restated with the file and line (or flag) its example came from."""
     where = sources[error.index] if 0 <= error.index < len(sources) else f"example {error.index}"

@@ -15,7 +15,7 @@ from .common import (
     positive_float,
     positive_int,
     probability,
-    read_rows,
+    read_examples,
 )
 
 EPILOG = """examples:
@@ -28,10 +28,14 @@ EPILOG = """examples:
   reft train --task mrpc --model minilm --paper-hparams --seed 42 --out runs/mrpc
   reft train --task rte --model minilm --paper-hparams --method probe --lr 2e-3 --out runs/rte-probe
 
-The data file has one JSON object per line: {"prompt": "...", "response": "..."}. Prompts are wrapped in the
-model's chat template unless --no-chat-template; the choice is stored in the adapter, and 'reft generate' and
+--data holds one example per row: {"prompt": "...", "response": "..."} or chat turns {"messages": [{"role":
+"system"|"user"|"assistant", "content": "..."}, ...]} whose last turn, the assistant's, is the response. It may be
+JSON Lines (one object per line), CSV/TSV (a header row; 'messages' as a JSON cell), Parquet, or a folder written
+by datasets' Dataset.save_to_disk. Prompts are wrapped in the model's chat template unless --no-chat-template
+(chat turns other than a lone user turn need it); the choice is stored in the adapter, and 'reft generate' and
 'reft eval' use it. The run folder gets adapter/, loss_curve.png, train_metrics.json and reft_run.json (what the
-run is: config, data, settings); use the adapter with 'reft generate --adapter runs/demo/adapter'.
+run is: config, data, settings), and tensorboard/ with --report-to tensorboard; use the adapter with
+'reft generate --adapter runs/demo/adapter'.
 
 A run folder belongs to one run: --resume continues its newest checkpoint, and refuses a checkpoint of other data
 or settings; without --resume a folder holding checkpoints is refused; a second 'reft train' into the same folder
@@ -61,7 +65,8 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p, chat_default="on; GLUE tasks: off")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", help="JSONL file with 'prompt' and 'response' fields")
+    src.add_argument("--data", help="examples with 'prompt' and 'response' (or chat 'messages'): a .jsonl, .csv, "
+                                    ".tsv or .parquet file, or a datasets save_to_disk folder")
     src.add_argument("--task", help="a task of the suite (reft.harness.tasks), e.g. boolq, arc_e, sst2")
     p.add_argument("--method", default=None, choices=["loreft", "direft", "lora", "probe"],
                    help="loreft/direft (= --intervention), the LoRA baseline, or probe (GLUE: the head alone) "
@@ -106,6 +111,9 @@ def add_parser(sub) -> None:
     o.add_argument("--save-steps", type=positive_int, default=None, help="checkpoint every N steps (for --resume)")
     o.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     o.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
+    o.add_argument("--report-to", choices=["none", "tensorboard"], default="none",
+                   help="tensorboard: event files in --out/tensorboard (offline; 'tensorboard --logdir runs/x') "
+                        "(default: %(default)s)")
     t = p.add_argument_group("tasks (with --task)")
     t.add_argument("--limit", type=positive_int, default=None, help="train on a seeded random subset of N examples")
     t.add_argument("--train-task", default=None, help="train on this task's train split instead (e.g. math_data_3k)")
@@ -216,32 +224,35 @@ def run(args: argparse.Namespace) -> int:
     settings = TrainSettings(epochs=args.epochs, lr=lr, batch_size=args.batch_size,
                              weight_decay=args.weight_decay, max_length=args.max_length, seed=args.seed,
                              save_steps=args.save_steps, gradient_checkpointing=args.gradient_checkpointing,
-                             warmup=args.warmup_ratio, group_by_length=args.group_by_length)
+                             warmup=args.warmup_ratio, group_by_length=args.group_by_length,
+                             report_to=() if args.report_to == "none" else (args.report_to,))
     if args.task is not None:
         return _run_task(args, method, settings)
     config = None if method == "lora" else _reft_config(args, method, ReftConfig, glue=False)  # checked up front
-    rows, sources = read_rows(args.data, "--data", ("prompt", "response"), nonempty=("prompt", "response"))
+    examples = read_examples(args.data)
+    if args.chat_template is False:
+        examples.rendered_prompts(None, chat_template=False)  # chat turns that need a template fail before loading
     check_model(args.model, causal=True, command="reft train --data")
     with run_folder(args.out, resume=args.resume):  # checked and locked before the model loads
         try:
-            trained, metrics = _train_data(args, method, settings, config, rows)
+            trained, metrics = _train_data(args, method, settings, config, examples)
         except ExampleError as e:
-            raise located(e, sources) from None
+            raise located(e, examples.sources) from None
     curve = metrics["loss_curve"]
     print(json.dumps({"out": args.out, "examples": metrics["examples"], "first_loss": curve[0][1] if curve else None,
                       "final_loss": curve[-1][1] if curve else None, "train_runtime_s": metrics.get("train_runtime")}))
     return 0
 
 
-def _train_data(args: argparse.Namespace, method: str, settings, config, rows: list[dict]):
-    from ..generation import format_prompts, prompt_format
+def _train_data(args: argparse.Namespace, method: str, settings, config, examples):
+    from ..generation import prompt_format
     from ..harness.models import load_model
     from ..harness.recipe import train_reft
 
     model, tokenizer = load_model(args.model, dtype=dtype_of(args.dtype))
     chat_template = args.chat_template is not False
-    prompts = format_prompts(tokenizer, [r["prompt"] for r in rows], chat_template)
-    responses = [r["response"] for r in rows]
+    prompts = examples.rendered_prompts(tokenizer, chat_template)
+    responses = examples.responses
     if method == "lora":
         from ..harness.baselines import train_lora_causal
 

@@ -37,7 +37,7 @@ from ..model.layers import transformers_model
 from ..save_load import atomic_directory
 from ..trainer import FiniteGuard, NonFiniteLossError, training_fingerprint
 from .classification import BASE_DROPOUT, classification_loss, fit_classifier
-from .recipe import TrainSettings, training_arguments, write_run_outputs
+from .recipe import TrainSettings, reporting_callbacks, training_arguments, write_run_outputs
 from .runs import CHECKPOINTS, claim, run_folder
 
 #: default LoRA target modules (query and value projections) per ``config.model_type``
@@ -164,7 +164,8 @@ def train_lora_causal(
         peft_model = get_lora_model(model, lora)
         args = training_arguments(settings, os.path.join(out_dir, CHECKPOINTS), progress=progress,
                                   save_strategy="no")
-        trainer = LoraCausalTrainer(model=peft_model, args=args, train_dataset=dataset, callbacks=[FiniteGuard()],
+        trainer = LoraCausalTrainer(model=peft_model, args=args, train_dataset=dataset,
+                                    callbacks=[FiniteGuard(), *reporting_callbacks(settings, out_dir)],
                                     data_collator=ReftDataCollator(tokenizer.pad_token_id))
         claim(out_dir, training_fingerprint(args, dataset, peft_model))
         result = trainer.train()

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, Trainer, TrainerCallback
 
 from ..trainer import FiniteGuard, ReftTrainer, training_fingerprint
-from .recipe import TrainSettings, loss_curve, training_arguments
+from .recipe import TrainSettings, loss_curve, reporting_callbacks, training_arguments
 from .runs import claim, run_folder
 
 Example = dict[str, Any]
@@ -269,7 +269,8 @@ def fit_classifier(
         raise ValueError(f"no training examples for {task.name}")
     dataset = make_classification_dataset(tokenizer, train_examples, settings.max_length)
     args = training_arguments(settings, os.path.join(out_dir, "checkpoints"), progress=progress, save_strategy="no")
-    callbacks = [*([] if issubclass(trainer_cls, ReftTrainer) else [FiniteGuard()]), *callbacks]
+    callbacks = [*([] if issubclass(trainer_cls, ReftTrainer) else [FiniteGuard()]), *callbacks,
+                 *reporting_callbacks(settings, out_dir)]
     selector = None
     if dev_examples:
         labels = [e["label"] for e in dev_examples]

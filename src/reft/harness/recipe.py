@@ -24,6 +24,9 @@ from ..save_load import atomic_write_file, atomic_write_text
 from ..trainer import ReftTrainer
 from .runs import CHECKPOINTS, claim, last_checkpoint, run_folder
 
+#: the logging integrations a run can report to (all offline); the TensorBoard event files go to out_dir/<value>
+REPORTERS = {"tensorboard": "tensorboard"}
+
 
 @dataclass
 class TrainSettings:
@@ -43,6 +46,7 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     shuffle: bool = True
     group_by_length: bool = False  # batches of similar length (less padding); still shuffled between groups
+    report_to: tuple[str, ...] = ()  # logging integrations: "tensorboard" writes out_dir/tensorboard (offline)
 
     def __post_init__(self) -> None:
         """Refuse settings that cannot train, naming the setting and its ``reft train`` flag."""
@@ -61,6 +65,9 @@ class TrainSettings:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}{flag} must be a finite number ≥ 0, got {value!r}")
+        unknown = [r for r in self.report_to if r not in REPORTERS]
+        if isinstance(self.report_to, str) or unknown:
+            raise ValueError(f"report_to (--report-to) takes a tuple of {list(REPORTERS)}, got {self.report_to!r}")
 
 
 def loss_curve(state: TrainerState) -> list[tuple[int, float]]:
@@ -94,6 +101,20 @@ def training_arguments(settings: TrainSettings, output_dir: str | os.PathLike, *
         train_sampling_strategy=sampling,
     )
     return TrainingArguments(**(kwargs | overrides))
+
+
+def reporting_callbacks(settings: TrainSettings, out_dir: str | os.PathLike) -> list:
+    """The `Trainer` callbacks for ``settings.report_to``: TensorBoard event files in ``out_dir/tensorboard``."""
+    if "tensorboard" not in settings.report_to:
+        return []
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ImportError("report_to tensorboard (--report-to tensorboard) needs the tensorboard package: "
+                          "pip install 'reft[tensorboard]'") from None
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(SummaryWriter(log_dir=os.path.join(out_dir, REPORTERS["tensorboard"])))]
 
 
 def plot_loss_curve(points: Sequence[tuple[int, float]], path: str | os.PathLike, title: str = "ReFT training"):
@@ -167,7 +188,8 @@ def train_reft(
             reft_model.gradient_checkpointing_enable()
         args = training_arguments(settings, os.path.join(out_dir, CHECKPOINTS), progress=progress)
         trainer = ReftTrainer(model=reft_model, args=args, train_dataset=dataset,
-                              data_collator=ReftDataCollator(tokenizer.pad_token_id))
+                              data_collator=ReftDataCollator(tokenizer.pad_token_id),
+                              callbacks=reporting_callbacks(settings, out_dir))
         if not progress:
             trainer.remove_callback(PrinterCallback)  # logs go to the loss curve and metrics file instead
         if not settings.shuffle:
