@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def pytest_configure(config) -> None:
     _DATA_SKIP = (f"needs the real task data (set REFT_DATA to the folder holding MANIFEST.md, or put shared/data "
                   f"beside the checkout); the loaders ran on a synthetic stand-in instead ({problem})")
     os.environ["REFT_DATA"] = str(root)  # also seen by the CLI subprocesses of the tests
+    config.add_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))
 
 
 def pytest_runtest_setup(item) -> None:

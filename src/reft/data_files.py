@@ -19,8 +19,6 @@ from typing import Any
 
 from .data import check_fields, make_supervised_dataset, read_jsonl_rows
 
-#: file suffix → reader; any other file is read as JSON Lines
-TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 ROLES = ("system", "user", "assistant")
 Turns = list[dict[str, str]]
 
@@ -61,12 +59,13 @@ def _datasets(what: str):
     return datasets
 
 
-def _is_hf(obj: Any) -> bool:
+def is_hf_dataset(obj: Any) -> bool:
+    """Whether ``obj`` comes from the 🤗 ``datasets`` package (told without importing it)."""
     return type(obj).__module__.split(".")[0] == "datasets"
 
 
 def _check_split(obj: Any, where: str) -> None:
-    if isinstance(obj, dict) and _is_hf(obj):  # a DatasetDict
+    if isinstance(obj, dict) and is_hf_dataset(obj):  # a DatasetDict
         splits = list(obj)
         pick = f"{where}/{splits[0]}" if os.path.isdir(where) else f"dataset[{splits[0]!r}]"
         raise ValueError(f"{where} holds splits {splits}, not one dataset: give one split, e.g. {pick}")
@@ -109,6 +108,15 @@ def _folder_rows(path: str) -> Iterable[tuple[str, dict]]:
         yield f"{path}:row {n}", row
 
 
+def _jsonl_rows(path: str) -> Iterable[tuple[str, dict]]:
+    return ((f"{path}:{n}", row) for n, row in read_jsonl_rows(path))
+
+
+#: file suffix → reader; any other file is read as JSON Lines
+READERS = {".csv": lambda p: _csv_rows(p, ","), ".tsv": lambda p: _csv_rows(p, "\t"), ".parquet": _parquet_rows,
+           ".pq": _parquet_rows}
+
+
 def read_records(source: str | os.PathLike | Any) -> list[tuple[str, dict[str, Any]]]:
     """``(where, row)`` for each row of ``source``: a JSON Lines / CSV / TSV / Parquet file (by suffix; other files
     are JSON Lines), a ``save_to_disk`` folder, a ``datasets.Dataset`` or an iterable of dicts.
@@ -118,18 +126,10 @@ def read_records(source: str | os.PathLike | Any) -> list[tuple[str, dict[str, A
     """
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        if os.path.isdir(path):
-            records = list(_folder_rows(path))
-        elif not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: no such file")
-        else:
-            kind = TABLE_SUFFIXES.get(Path(path).suffix.lower())
-            if kind in ("csv", "tsv"):
-                records = list(_csv_rows(path, "," if kind == "csv" else "\t"))
-            elif kind == "parquet":
-                records = list(_parquet_rows(path))
-            else:
-                return [(f"{path}:{n}", row) for n, row in read_jsonl_rows(path)]
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        reader = _folder_rows if os.path.isdir(path) else READERS.get(Path(path).suffix.lower(), _jsonl_rows)
+        records = list(reader(path))
         name = path
     else:
         _check_split(source, "the DatasetDict")

@@ -20,6 +20,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from .data import IGNORE_INDEX
+from .data_files import is_hf_dataset
 from .model.layers import is_peft_model
 from .positions import PositionSpec, parse_positions, split_counts
 from .save_load import (
@@ -237,7 +238,7 @@ class ReftTrainer(Trainer):
     # ---- checks ----------------------------------------------------------------------------------------------
     def _check_train_data(self, dataset) -> None:
         """Refuse examples with no label token; warn when no prompt can hold all requested positions."""
-        if type(dataset).__module__.split(".")[0] == "datasets" and hasattr(dataset, "__getitem__"):
+        if is_hf_dataset(dataset) and hasattr(dataset, "__getitem__"):
             dataset = dataset.select_columns([c for c in ("labels", "prompt_lengths") if c in dataset.column_names])
             dataset = dataset.to_list()  # a 🤗 datasets.Dataset: its label columns, read once
         if not isinstance(dataset, (list, tuple)) or not dataset or not isinstance(dataset[0], dict):

@@ -130,10 +130,10 @@ def read_examples(source: str, flag: str = "--data"):
     """The examples of a data file or folder (:func:`reft.data_files.load_examples`); errors name ``flag``."""
     from ..data_files import load_examples
 
-    if not os.path.exists(source):
-        raise UserError(f"{flag} {source}: no such file or folder")
     try:
         return load_examples(source)
+    except FileNotFoundError as e:
+        raise UserError(f"{flag} {e}") from None
     except ImportError as e:
         raise UserError(f"{flag}: {e}") from None
 

@@ -230,12 +230,12 @@ def run(args: argparse.Namespace) -> int:
         return _run_task(args, method, settings)
     config = None if method == "lora" else _reft_config(args, method, ReftConfig, glue=False)  # checked up front
     examples = read_examples(args.data)
-    if args.chat_template is False:
-        examples.rendered_prompts(None, chat_template=False)  # chat turns that need a template fail before loading
+    # plain text needs no tokenizer: chat turns that need a template fail before the model loads
+    plain = examples.rendered_prompts(None, chat_template=False) if args.chat_template is False else None
     check_model(args.model, causal=True, command="reft train --data")
     with run_folder(args.out, resume=args.resume):  # checked and locked before the model loads
         try:
-            trained, metrics = _train_data(args, method, settings, config, examples)
+            trained, metrics = _train_data(args, method, settings, config, examples, plain)
         except ExampleError as e:
             raise located(e, examples.sources) from None
     curve = metrics["loss_curve"]
@@ -244,14 +244,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_data(args: argparse.Namespace, method: str, settings, config, examples):
+def _train_data(args: argparse.Namespace, method: str, settings, config, examples, plain: list[str] | None):
+    """Train on ``examples``; ``plain``: their prompts already rendered without the chat template, or None."""
     from ..generation import prompt_format
     from ..harness.models import load_model
     from ..harness.recipe import train_reft
 
     model, tokenizer = load_model(args.model, dtype=dtype_of(args.dtype))
-    chat_template = args.chat_template is not False
-    prompts = examples.rendered_prompts(tokenizer, chat_template)
+    chat_template = plain is None
+    prompts = plain if plain is not None else examples.rendered_prompts(tokenizer, True)
     responses = examples.responses
     if method == "lora":
         from ..harness.baselines import train_lora_causal

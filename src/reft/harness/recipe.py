@@ -24,8 +24,10 @@ from ..save_load import atomic_write_file, atomic_write_text
 from ..trainer import ReftTrainer
 from .runs import CHECKPOINTS, claim, last_checkpoint, run_folder
 
-#: the logging integrations a run can report to (all offline); the TensorBoard event files go to out_dir/<value>
-REPORTERS = {"tensorboard": "tensorboard"}
+#: the logging integrations a run can report to (all offline)
+REPORTERS = ("tensorboard",)
+#: where ``report_to=("tensorboard",)`` writes its event files, inside the run folder
+TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass
@@ -114,7 +116,7 @@ def reporting_callbacks(settings: TrainSettings, out_dir: str | os.PathLike) -> 
                           "pip install 'reft[tensorboard]'") from None
     from transformers.integrations import TensorBoardCallback
 
-    return [TensorBoardCallback(SummaryWriter(log_dir=os.path.join(out_dir, REPORTERS["tensorboard"])))]
+    return [TensorBoardCallback(SummaryWriter(log_dir=os.path.join(out_dir, TENSORBOARD_DIR)))]
 
 
 def plot_loss_curve(points: Sequence[tuple[int, float]], path: str | os.PathLike, title: str = "ReFT training"):
