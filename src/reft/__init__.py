@@ -4,60 +4,41 @@ A frozen LM is adapted by interventions Φ on hidden states at chosen layers and
 ``Φ(h) = h + Rᵀ(W h + b − R h)`` with R having orthonormal rows.
 """
 
-from .config import ReftConfig, Representation
-from .interventions import (
-    INTERVENTIONS,
-    ConsReFT,
-    DiReFT,
-    Intervention,
-    LoBiReFT,
-    LoReFT,
-    NoReFT,
-    OrthoDiReFT,
-    register_intervention,
-)
-from .model import (
-    BASE,
-    ClassificationHead,
-    ReftModel,
-    ReftModelForSequenceClassification,
-    UnknownAdapterError,
-    get_reft_model,
-    load_adapter,
-    parse_composition,
-)
-from .positions import PositionSpec, parse_positions, prompt_positions, split_counts
-from .pyreft_compat import import_pyreft
-from .save_load import load_reft_state_dict, reft_state_dict, save_adapter
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name → the submodule defining it; imported on first use (PEP 562), so that ``import reft`` and
+#: ``reft --help`` do not load torch and transformers
+_EXPORTS = {
+    name: module
+    for module, names in {
+        "config": ("ReftConfig", "Representation"),
+        "interventions": ("INTERVENTIONS", "ConsReFT", "DiReFT", "Intervention", "LoBiReFT", "LoReFT", "NoReFT",
+                          "OrthoDiReFT", "register_intervention"),
+        "model": ("BASE", "ClassificationHead", "ReftModel", "ReftModelForSequenceClassification",
+                  "UnknownAdapterError", "get_reft_model", "load_adapter", "parse_composition"),
+        "positions": ("PositionSpec", "parse_positions", "prompt_positions", "split_counts"),
+        "pyreft_compat": ("import_pyreft",),
+        "save_load": ("load_reft_state_dict", "reft_state_dict", "save_adapter"),
+    }.items()
+    for name in names
+}
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BASE",
-    "INTERVENTIONS",
-    "ClassificationHead",
-    "ConsReFT",
-    "DiReFT",
-    "Intervention",
-    "LoBiReFT",
-    "LoReFT",
-    "NoReFT",
-    "OrthoDiReFT",
-    "PositionSpec",
-    "ReftConfig",
-    "ReftModel",
-    "ReftModelForSequenceClassification",
-    "Representation",
-    "UnknownAdapterError",
-    "get_reft_model",
-    "import_pyreft",
-    "load_adapter",
-    "load_reft_state_dict",
-    "parse_composition",
-    "parse_positions",
-    "prompt_positions",
-    "reft_state_dict",
-    "register_intervention",
-    "save_adapter",
-    "split_counts",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reft' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -55,7 +55,7 @@ SPEC_FIELDS = ("layers", "component", "positions", "tied", "rank", "intervention
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _check_prompt_format(value: Any) -> None:
+def check_prompt_format(value: Any) -> None:
     """``None`` or ``{"chat_template": bool, "template_sha256": 64 hex digits or None}``; other keys warn."""
     if value is None:
         return
@@ -177,7 +177,7 @@ class ReftConfig(Representation):
                              "e.g. 'model.layers'")
         if self.representations is not None:
             self.representations = [self._spec_dict(i, r) for i, r in enumerate(self.representations)]
-        _check_prompt_format(self.prompt_format)
+        check_prompt_format(self.prompt_format)
 
     def _spec_dict(self, i: int, rep: Any) -> dict[str, Any]:
         where = f"representations[{i}]: "

@@ -236,6 +236,9 @@ class ReftDataCollator:
             raise ValueError("pad_token_id is None: set tokenizer.pad_token (e.g. to the eos token)")
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise ValueError("no examples to collate: the batch is empty (is the dataset empty, or did filtering "
+                             "drop every example?)")
         length = max(len(e["input_ids"]) for e in examples)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of

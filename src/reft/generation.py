@@ -69,14 +69,21 @@ def prompt_format(tokenizer, chat_template: bool) -> dict[str, Any]:
     return {"chat_template": template is not None, "template_sha256": sha}
 
 
+def recorded_prompt_format(model) -> dict[str, Any] | None:
+    """The prompt format ``model`` was trained with: a ReFT model's ``reft_config.prompt_format``, a LoRA model's
+    ``prompt_format`` (:func:`reft.harness.baselines.load_lora`), or None when not recorded."""
+    recorded = getattr(getattr(model, "reft_config", None), "prompt_format", None)
+    return recorded if recorded is not None else getattr(model, "prompt_format", None)
+
+
 def resolve_chat_template(model, tokenizer, requested: bool | None, *, default: bool = True) -> bool:
     """Whether to wrap prompts in the chat template for ``model``: ``requested``, else what the adapter was trained
-    with (``model.reft_config.prompt_format``), else ``default``.
+    with (:func:`recorded_prompt_format`), else ``default``.
 
     Warns (``UserWarning``) when ``requested`` contradicts the recorded format, or when the tokenizer's chat
     template is not the one the adapter was trained with: the prompts then differ from training.
     """
-    recorded = getattr(getattr(model, "reft_config", None), "prompt_format", None)
+    recorded = recorded_prompt_format(model)
     if recorded is None:
         return default if requested is None else requested
     trained = recorded["chat_template"]

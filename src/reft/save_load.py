@@ -70,10 +70,12 @@ def atomic_write_file(path: str | os.PathLike, write: Callable[[str], None]) -> 
         raise IsADirectoryError(f"{path} is a folder: give a file path")
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
     os.close(fd)
+    # the mode of the file it replaces, or what open() would give (not mkstemp's 0600); set after write(), which
+    # may replace the temp file with one of its own (safetensors does)
+    mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o666 & ~_UMASK
     try:
-        # the mode of the file it replaces, or what open() would give (not mkstemp's 0600)
-        os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o666 & ~_UMASK)
         write(tmp)
+        os.chmod(tmp, mode)
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:

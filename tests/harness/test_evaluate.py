@@ -365,6 +365,6 @@ def test_cli_train_option_conflicts_are_clear_errors(capsys):
 
 def test_cli_eval_glue_without_adapter_is_an_error(capsys):
     assert cli_main(["eval", "--task", "sst2", "--model", "minilm"]) == 2
-    assert "--adapter or --lora" in capsys.readouterr().err
+    assert "--adapter, --lora or --probe" in capsys.readouterr().err
     assert cli_main(["eval", "--task", "boolq", "--split", "dev"]) == 2
     assert "no split 'dev'" in capsys.readouterr().err

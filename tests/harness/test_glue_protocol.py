@@ -300,6 +300,29 @@ def test_cli_glue_paper_hparams_end_to_end(tmp_path, capsys):
 
 
 # ---- the probe ---------------------------------------------------------------------------------------------------
+def test_cli_eval_scores_a_probe_folder_as_training_did(tmp_path, capsys):
+    """'reft eval --probe' loads what 'reft train --method probe' saved and scores the same test half the same."""
+    from transformers import BertConfig, BertModel
+
+    tok = _bert_tokenizer()
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=300, pad_token_id=0),
+              add_pooling_layer=False).save_pretrained(tmp_path / "bert")
+    tok.save_pretrained(tmp_path / "bert")
+    bert, out = str(tmp_path / "bert"), tmp_path / "run"
+    assert cli_main(["train", "--task", "mrpc", "--model", bert, "--method", "probe", "--epochs", "1", "--limit", "12",
+                     "--eval-limit", "6", "--max-length", "64", "--out", str(out)]) == 0, capsys.readouterr().err
+    trained = json.loads((out / "results.json").read_text())["eval"]["metrics"]
+    scored = tmp_path / "eval.json"
+    assert cli_main(["eval", "--task", "mrpc", "--model", bert, "--probe", str(out / "adapter"), "--limit", "6",
+                     "--max-length", "64", "--out", str(scored)]) == 0, capsys.readouterr().err
+    result = json.loads(scored.read_text())
+    assert result["metrics"] == trained and result["probe"] == str(out / "adapter")
+    assert cli_main(["eval", "--task", "boolq", "--model", bert, "--probe", str(out / "adapter")]) == 2
+    assert "--probe is a classification head: boolq is a generation task" in capsys.readouterr().err
+
+
 def test_probe_trains_the_head_only_and_reloads(tmp_path):
     tok = WordTokenizer(vocab=VOCAB)
     encoder = tiny_bert()

@@ -124,6 +124,15 @@ ROWS = {
                                       files={"d/keep": b"x"}),
     "generate --out under a file": Row(_gen("--out", "{w}/f/x.jsonl"), r"--out .*: cannot create .*/f is a file",
                                        files={"f": b"mine"}),
+    "generate --out is the --prompts file": Row(
+        ["generate", "--model", "{model}", "--prompts", "{w}/p.jsonl", "--out", "{w}/./p.jsonl"],
+        r"--out .*p\.jsonl is the --prompts file: writing there would replace your input",
+        files={"p.jsonl": b'{"prompt": "a", "id": 1}\n'}),
+    "generate --out exists": Row(_gen("--out", "{w}/o.jsonl"), r"--out .*o\.jsonl exists: give a new path, or add "
+                                 "--overwrite", files={"o.jsonl": b"mine"}),
+    "generate --prompts rows without a prompt": Row(
+        ["generate", "--model", "{model}", "--prompts", "{w}/p.csv"], r"p\.csv:row 1 lacks string field\(s\) "
+        r"\['prompt'\]", files={"p.csv": b"question,id\nhi,1\n"}),
     "eval --out under a file": Row(["eval", "--task", "boolq", "--model", "{model}", "--out", "{w}/f/r.json"],
                                    r"--out .*: cannot create .*/f is a file", files={"f": b"mine"}),
     "train --out holds an earlier run's checkpoints": Row(

@@ -73,6 +73,31 @@ def test_generate_and_eval_use_the_adapters_prompt_format_and_warn_when_told_oth
     assert "reft eval: warning: the adapter was trained without the chat template" in capsys.readouterr().err
 
 
+def test_a_lora_adapter_records_its_prompt_format_and_eval_uses_it(plain_adapter, tmp_path, monkeypatch, capsys):
+    """'reft train --method lora --no-chat-template' writes prompt_format.json; 'reft eval --lora' then builds plain
+    prompts without being told, and warns when told otherwise."""
+    from reft.harness.baselines import PROMPT_FORMAT_FILE
+
+    model, _ = plain_adapter
+    (tmp_path / "data.jsonl").write_bytes(DATA)
+    run = tmp_path / "lora"
+    assert cli_main(["train", "--model", model, "--data", str(tmp_path / "data.jsonl"), "--out", str(run),
+                     "--method", "lora", "--epochs", "1", "--batch-size", "2", "--max-length", "64",
+                     "--no-chat-template"]) == 0
+    capsys.readouterr()
+    recorded = json.loads((run / "adapter" / PROMPT_FORMAT_FILE).read_text())
+    assert recorded == {"chat_template": False, "template_sha256": None}
+    seen = _spy(monkeypatch, reft.harness.evaluate)
+    evaluate = ["eval", "--task", "boolq", "--model", model, "--lora", str(run / "adapter"), "--limit", "2",
+                "--out", str(tmp_path / "r.json"), "--max-new-tokens", "2"]
+    assert cli_main(evaluate) == 0
+    assert seen[-1] and not any("<u>" in t for t in seen[-1])
+    assert "warning" not in capsys.readouterr().err
+    assert cli_main(evaluate + ["--chat-template", "--out", str(tmp_path / "r2.json")]) == 0
+    assert all(t.startswith("<u>") for t in seen[-1])
+    assert "reft eval: warning: the adapter was trained without the chat template" in capsys.readouterr().err
+
+
 def test_another_chat_template_than_in_training_warns():
     trained, other = byte_tokenizer(), byte_tokenizer("{{ messages[0]['content'] }}!")
     reft_model = get_reft_model(tiny_llama(), ReftConfig(layers="1", prompt_format=prompt_format(trained, True)))

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from ..data import ExampleError, read_jsonl_rows
+if TYPE_CHECKING:
+    from ..data import ExampleError
 
 
 class UserError(ValueError):
@@ -97,16 +99,35 @@ def check_model(name: str, *, causal: bool, command: str) -> str:
     return model_type
 
 
-def check_output_file(path: str | None, flag: str) -> None:
-    """Refuse an output file path that cannot be written (a folder, under a file, not writable) before any work."""
+def require_extra(extra: str, modules: Sequence[str], command: str) -> None:
+    """Refuse, with the install command, to run ``command`` when a package of reft's ``extra`` is missing."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise UserError(f"{command} needs {', '.join(missing)}, which {verb} not installed: "
+                        f"pip install 'reft[{extra}]'")
+
+
+def check_output_file(path: str | None, flag: str, *, inputs: dict[str, str | None] | None = None,
+                      overwrite: bool = True) -> None:
+    """Refuse, before any work, an output file path that cannot be written (a folder, under a file, not writable),
+    that is one of the ``inputs`` (flag → path), or, unless ``overwrite``, that exists."""
     if path is None:
         return
     from ..harness.runs import RunFolderError, check_writable_path
 
+    for other_flag, other in (inputs or {}).items():
+        if other is not None and os.path.exists(other) and os.path.exists(path) and os.path.samefile(path, other):
+            raise UserError(f"{flag} {path} is the {other_flag} file: writing there would replace your input; "
+                            "give another path")
     try:
         check_writable_path(path, folder=False)
     except RunFolderError as e:
         raise UserError(f"{flag} {path}: {e}") from None
+    if not overwrite and os.path.lexists(path):
+        raise UserError(f"{flag} {path} exists: give a new path, or add --overwrite to replace it")
 
 
 def write_output_file(path: str, text: str) -> None:
@@ -117,21 +138,32 @@ def write_output_file(path: str, text: str) -> None:
     atomic_write_text(path, text)
 
 
-def read_rows(path: str, flag: str, fields: tuple[str, ...], *, nonempty: Sequence[str] = ()) -> tuple[list[dict],
-                                                                                                       list[str]]:
-    """The rows of a JSONL file and where each came from (``file:line``, for error messages)."""
-    if not Path(path).is_file():
-        raise UserError(f"{flag} {path}: no such file" + (" (it is a folder)" if Path(path).is_dir() else ""))
-    rows = read_jsonl_rows(path, fields, nonempty=nonempty)
-    return [row for _, row in rows], [f"{path}:{n}" for n, _ in rows]
+def read_prompt_rows(source: str, flag: str) -> tuple[list[dict], list[str]]:
+    """The rows of a prompts file or datasets folder (:func:`reft.data_files.read_records`), each with a non-empty
+    string ``prompt``, and where each came from (``file:line``, for error messages)."""
+    from ..data import check_fields
+    from ..data_files import read_records
+
+    with _reading(flag):
+        records = read_records(source)
+    for where, row in records:
+        check_fields(row, where, ("prompt",), nonempty=("prompt",))
+    return [row for _, row in records], [where for where, _ in records]
 
 
 def read_examples(source: str, flag: str = "--data"):
     """The examples of a data file or folder (:func:`reft.data_files.load_examples`); errors name ``flag``."""
     from ..data_files import load_examples
 
-    try:
+    with _reading(flag):
         return load_examples(source)
+
+
+@contextmanager
+def _reading(flag: str) -> Iterator[None]:
+    """A missing path or reader package while reading ``flag``'s data, as a :class:`UserError` naming the flag."""
+    try:
+        yield
     except FileNotFoundError as e:
         raise UserError(f"{flag} {e}") from None
     except ImportError as e:

@@ -20,6 +20,7 @@ EPILOG = """examples:
   reft eval --task svamp --lora runs/svamp-lora/adapter --limit 200 --out svamp_lora.json --no-chat-template
   reft eval --task arc_e --limit 100                                   # the bare model, no adapter
   reft eval --task sst2 --model minilm --adapter runs/sst2/adapter --seed 1  # GLUE: held-out test half of seed 1
+  reft eval --task rte --model minilm --probe runs/rte-probe/adapter          # the probe baseline (head only)
   reft eval --task alpaca_eval --adapter runs/chat/adapter --limit 50  # writes alpaca_eval outputs, no score
 
 Generation tasks are scored with the task's scorer (accuracy); GLUE tasks with their metric (accuracy, MCC, F1,
@@ -38,6 +39,7 @@ def add_parser(sub) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--adapter", default=None, help="ReFT adapter folder ('reft train' run folder/adapter)")
     which.add_argument("--lora", default=None, help="LoRA adapter folder ('reft train --method lora')")
+    which.add_argument("--probe", default=None, help="probe head folder ('reft train --method probe', GLUE)")
     p.add_argument("--split", default="test", help="(default: %(default)s)")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N examples (default: all)")
     p.add_argument("--seed", type=int, default=42,
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..data import ExampleError
+    from ..generation import recorded_prompt_format
     from ..harness.evaluate import evaluate_classification, evaluate_generation, summary, write_results
     from ..harness.models import load_model
     from ..harness.tasks import get_task
@@ -67,9 +70,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--split {args.split}: task {spec.name!r} has no split {args.split!r}; available: "
                         f"{list(spec.splits)}")
     glue = spec.family == "glue"
-    if glue and not (args.adapter or args.lora):
-        raise UserError(f"{spec.name} is a classification task and the bare model has no head: pass --adapter or "
-                        "--lora with a classifier trained by 'reft train --task " + spec.name + "'")
+    if glue and not (args.adapter or args.lora or args.probe):
+        raise UserError(f"{spec.name} is a classification task and the bare model has no head: pass --adapter, "
+                        "--lora or --probe with a classifier trained by 'reft train --task " + spec.name + "'")
+    if args.probe and not glue:
+        raise UserError(f"--probe is a classification head: {spec.name} is a generation task; evaluate a probe on "
+                        "a GLUE task (e.g. --task sst2 --model minilm)")
     out = Path(args.out or f"eval-{spec.name}-{args.split}.json")
     check_output_file(str(out), "--out")
     check_model(args.model, causal=not glue, command=f"reft eval --task {spec.name}")
@@ -89,20 +95,24 @@ def run(args: argparse.Namespace) -> int:
         from ..harness.baselines import load_lora
 
         model = load_lora(model, args.lora)
+    elif args.probe:
+        from ..harness.baselines import ProbeForSequenceClassification
+
+        model = ProbeForSequenceClassification.from_pretrained(model, args.probe)
     if glue:
         result = evaluate_classification(model, tokenizer, spec, args.split, seed=args.seed, examples=examples,
                                          batch_size=args.batch_size, max_length=args.max_length)
     else:
-        recorded = getattr(getattr(model, "reft_config", None), "prompt_format", None)
-        chat_template = True if args.chat_template is None and recorded is None else args.chat_template
+        chat_template = (True if args.chat_template is None and recorded_prompt_format(model) is None
+                         else args.chat_template)
         try:
             result = evaluate_generation(model, tokenizer, spec, args.split, examples=examples,
                                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                          chat_template=chat_template)
         except ExampleError as e:
             raise located(e, [f"--task {spec.name} {args.split} example {i}" for i in range(len(examples))]) from None
-    result |= {"model": args.model, "adapter": args.adapter, "lora": args.lora}
-    name = Path(args.adapter or args.lora or args.model).name
+    result |= {"model": args.model, "adapter": args.adapter, "lora": args.lora, "probe": args.probe}
+    name = Path(args.adapter or args.lora or args.probe or args.model).name
     write_results(out, result, generator=f"reft-{name}")
     print(json.dumps(summary(result)))
     print(f"results: {out}")

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from .common import UserError, check_model, dtype_of, positive_float, positive_int
+from .common import UserError, check_model, dtype_of, positive_float, positive_int, require_extra
 
 EPILOG = """examples:
   reft serve                                          # the embedded SmolLM2, bare, on 127.0.0.1:8000
@@ -76,6 +76,7 @@ def parse_adapter_args(items: list[str]) -> list[tuple[str, str]]:
 def run(args: argparse.Namespace) -> int:
     adapters = parse_adapter_args(args.adapter)
     check_model(args.model, causal=True, command="reft serve")
+    require_extra("serve", ("fastapi", "uvicorn"), "reft serve")
     import torch
     import uvicorn
 

@@ -258,7 +258,8 @@ def _train_data(args: argparse.Namespace, method: str, settings, config, example
         from ..harness.baselines import train_lora_causal
 
         trained, metrics = train_lora_causal(model, tokenizer, prompts, responses, args.out, settings,
-                                             _lora_settings(args))
+                                             _lora_settings(args),
+                                             prompt_format=prompt_format(tokenizer, chat_template))
     else:
         trained, metrics = train_reft(model, tokenizer, config, prompts, responses, args.out, settings,
                                       resume=args.resume, prompt_format=prompt_format(tokenizer, chat_template))

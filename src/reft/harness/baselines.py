@@ -20,8 +20,11 @@ attention have a narrower ``v_proj`` (``d_v = n_kv_heads · head_dim``).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +34,7 @@ from torch import nn
 from transformers import Trainer
 from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
 
+from ..config import check_prompt_format
 from ..data import ReftDataCollator, check_fits_context, make_supervised_dataset
 from ..fast.loss import has_plain_lm_head
 from ..model.layers import transformers_model
@@ -48,9 +52,11 @@ LORA_TARGETS: dict[str, tuple[str, ...]] = {
     "gpt2": ("c_attn",),
 }
 HEAD_FILE = "lora_head.safetensors"
+#: how the training prompts were rendered (:func:`reft.generation.prompt_format`), beside a causal LoRA adapter
+PROMPT_FORMAT_FILE = "prompt_format.json"
 PROBE_FILE = "probe_head.safetensors"
 #: the names a LoRA adapter save writes (peft's files and the head): the only ones it replaces
-LORA_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", HEAD_FILE)
+LORA_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", HEAD_FILE, PROMPT_FORMAT_FILE)
 
 
 @dataclass
@@ -86,6 +92,14 @@ def lora_parameters(model: nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
 
 
+@contextlib.contextmanager
+def _peft_quietly() -> Iterator[None]:
+    """peft asks transformers 5 for ``is_gradient_checkpointing``, whose deprecation warning is not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated")
+        yield
+
+
 def get_lora_model(model: nn.Module, settings: LoraSettings | None = None):
     """Freeze ``model`` and add LoRA to its target linear layers (``peft.get_peft_model``; mutates ``model``)."""
     from peft import LoraConfig, get_peft_model
@@ -98,7 +112,8 @@ def get_lora_model(model: nn.Module, settings: LoraSettings | None = None):
                         target_modules=targets, bias="none")
     for p in model.parameters():
         p.requires_grad_(False)
-    return get_peft_model(model, config)
+    with _peft_quietly():
+        return get_peft_model(model, config)
 
 
 # ---- causal LM -------------------------------------------------------------------------------------------------
@@ -149,9 +164,11 @@ def train_lora_causal(
     lora: LoraSettings | None = None,
     *,
     progress: bool = True,
+    prompt_format: dict | None = None,
 ):
-    """LoRA on (prompt, response) pairs; writes ``out_dir/adapter`` (peft format), ``loss_curve.png`` and
-    ``train_metrics.json`` like :func:`reft.harness.recipe.train_reft`.
+    """LoRA on (prompt, response) pairs; writes ``out_dir/adapter`` (peft format, plus ``prompt_format.json`` when
+    ``prompt_format`` is given, read back by :func:`load_lora`), ``loss_curve.png`` and ``train_metrics.json`` like
+    :func:`reft.harness.recipe.train_reft`.
 
     Returns:
         ``(peft_model, metrics)``; ``metrics["trainable_parameters"]`` counts the LoRA parameters.
@@ -170,7 +187,15 @@ def train_lora_causal(
         claim(out_dir, training_fingerprint(args, dataset, peft_model))
         result = trainer.train()
         peft_model.eval()
-        atomic_directory(os.path.join(out_dir, "adapter"), peft_model.save_pretrained, owned=LORA_FILES)
+
+        def write(tmp: str) -> None:
+            peft_model.save_pretrained(tmp)
+            if prompt_format is not None:
+                with open(os.path.join(tmp, PROMPT_FORMAT_FILE), "w", encoding="utf-8") as f:
+                    json.dump(prompt_format, f, indent=2)
+
+        atomic_directory(os.path.join(out_dir, "adapter"), write, owned=LORA_FILES)
+        peft_model.prompt_format = prompt_format
         metrics = write_run_outputs(out_dir, trainer.state, dict(result.metrics) | {
             "examples": len(dataset), "trainable_parameters": count_parameters(peft_model)}, title="LoRA training")
     return peft_model, metrics
@@ -237,7 +262,8 @@ class LoraForSequenceClassification(_EncoderWithHead):
         path = os.path.join(directory, HEAD_FILE)
         with safe_open(path, framework="pt") as f:
             num_labels = int((f.metadata() or {})["num_labels"])
-        out = cls(PeftModel.from_pretrained(model, directory), num_labels)
+        with _peft_quietly():
+            out = cls(PeftModel.from_pretrained(model, directory), num_labels)
         out.head.load_state_dict(load_file(path))
         return out.eval()
 
@@ -353,7 +379,8 @@ def train_probe_classifier(model: nn.Module, tokenizer, task, train_examples, de
 
 def load_lora(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """A saved LoRA adapter on ``model``: a :class:`LoraForSequenceClassification` when the folder holds a head,
-    else a ``peft.PeftModel`` (causal LM), in eval mode."""
+    else a ``peft.PeftModel`` (causal LM), in eval mode, with ``.prompt_format`` = the recorded prompt format
+    (``prompt_format.json``) or None."""
     from peft import PeftModel
 
     if not os.path.isfile(os.path.join(directory, "adapter_config.json")):
@@ -361,4 +388,13 @@ def load_lora(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
                                 "(a ReFT adapter is loaded with --adapter)")
     if os.path.isfile(os.path.join(directory, HEAD_FILE)):
         return LoraForSequenceClassification.from_pretrained(model, directory)
-    return PeftModel.from_pretrained(model, directory).eval()
+    with _peft_quietly():
+        peft_model = PeftModel.from_pretrained(model, directory).eval()
+    path = os.path.join(directory, PROMPT_FORMAT_FILE)
+    recorded = None
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+        check_prompt_format(recorded)
+    peft_model.prompt_format = recorded
+    return peft_model

@@ -35,9 +35,16 @@ class UnknownAdapterError(ValueError):
     """An ``adapter_names`` entry names an adapter that is not loaded (a server answers 404, not 400)."""
 
 
+#: longest adapter name: it names a subfolder of a multi-adapter save (file names stop at 255 bytes)
+MAX_NAME_LENGTH = 128
+
+
 def check_adapter_name(name: str) -> str:
-    """Adapter names start with a letter or ``_`` and hold letters, digits, ``_`` and ``.`` (so that ``+``, ``-``
-    and ``*`` are free for compositions); ``__base__`` is reserved."""
+    """Adapter names start with a letter or ``_`` and hold up to :data:`MAX_NAME_LENGTH` letters, digits, ``_`` and
+    ``.`` (so that ``+``, ``-`` and ``*`` are free for compositions); ``__base__`` is reserved."""
+    if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"adapter name {name[:24]!r}… is {len(name)} characters long: use at most "
+                         f"{MAX_NAME_LENGTH} (it names the adapter's folder when saved)")
     if not isinstance(name, str) or not _NAME.match(name) or name == BASE:
         raise ValueError(f"invalid adapter name {name!r}: use letters, digits, '_' and '.', starting with a letter "
                          f"or '_' (e.g. 'style', 'task_1'); {BASE!r} is reserved for the bare model")
