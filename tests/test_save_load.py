@@ -30,7 +30,7 @@ def test_save_load_identical_logits(tmp_path, kind, rotation):
     ids, mask = random_batch([8, 5], "left")
     before = reft_model(ids, attention_mask=mask).logits
     reft_model.save_pretrained(tmp_path / "adapter")
-    assert sorted(os.listdir(tmp_path / "adapter")) == ["reft_config.json", WEIGHTS_NAME]
+    assert sorted(os.listdir(tmp_path / "adapter")) == ["README.md", "reft_config.json", WEIGHTS_NAME]
     cfg = json.loads((tmp_path / "adapter" / "reft_config.json").read_text())
     assert cfg["hidden_size"] == 32 and cfg["num_layers"] == 4 and cfg["model_type"] == "llama"
     assert cfg["intervention"] == kind and cfg["layers"] == [1, 2] and cfg["positions"] == "f2+l2"

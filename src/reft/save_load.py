@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -227,8 +228,11 @@ def is_adapter_dir(directory: str | os.PathLike) -> bool:
                    for e in entries)
 
 
-def save_adapter(reft_model: nn.Module, directory: str | os.PathLike, *, overwrite: bool = False) -> None:
-    """Write the adapter of ``reft_model`` to ``directory``; never removes or replaces a file reft did not write.
+def save_adapter(reft_model: nn.Module, directory: str | os.PathLike, *, overwrite: bool = False,
+                 adapter_name: str = "default", training: dict[str, Any] | None = None) -> None:
+    """Write the adapter of ``reft_model`` to ``directory`` with a model card (``README.md``,
+    :mod:`reft.model_card`; ``adapter_name`` and ``training`` go into it); never removes or replaces a file reft did
+    not write (a README of the user's stays as it is).
 
     * a new or empty folder, or one holding only the two adapter files, gets the adapter as a whole (atomically);
     * a folder that is a reft adapter (:func:`is_adapter_dir`) and holds other files too (e.g. a Trainer
@@ -241,18 +245,32 @@ def save_adapter(reft_model: nn.Module, directory: str | os.PathLike, *, overwri
         FileExistsError: ``directory`` is a file, or a folder with other files that is not an adapter.
         ValueError: the weights hold NaN/inf.
     """
+    from .model_card import CARD_NAME, may_write_card, render_model_card, write_model_card
+
     directory = os.fspath(directory)
     _refuse_non_folder(directory)
     entries = os.listdir(directory) if os.path.isdir(directory) else []
-    if set(entries) <= set(ADAPTER_FILES) and not os.path.islink(directory):
-        atomic_directory(directory, lambda tmp: write_adapter_files(reft_model, tmp), owned=ADAPTER_FILES)
+    state = reft_state_dict(reft_model)
+    card = render_model_card(reft_model.reft_config, parameters=sum(t.numel() for t in state.values()),
+                             adapter_name=adapter_name, num_labels=getattr(reft_model, "num_labels", None),
+                             training=training)
+    owned = ADAPTER_FILES + ((CARD_NAME,) if may_write_card(directory) else ())
+    if set(entries) <= set(owned) and not os.path.islink(directory):
+        def write(tmp: str) -> None:
+            write_adapter_files(reft_model, tmp)
+            write_model_card(tmp, card)
+
+        atomic_directory(directory, write, owned=owned)
         return
-    if not (overwrite or is_adapter_dir(directory)):
+    adapter_folder = is_adapter_dir(directory)
+    if not (overwrite or adapter_folder):
         shown = ", ".join(sorted(entries)[:5]) + (" …" if len(entries) > 5 else "")
         raise FileExistsError(f"{directory} is not a reft adapter folder (it holds {shown}): nothing was written; "
                               "save into a new or empty folder, or pass overwrite=True to add the adapter files "
                               f"({', '.join(ADAPTER_FILES)}) beside them")
     write_adapter_files(reft_model, directory)
+    if adapter_folder:  # overwrite=True into someone else's folder adds the two adapter files and nothing else
+        write_model_card(directory, card)
 
 
 # ---- loading -----------------------------------------------------------------------------------------------------

@@ -104,8 +104,8 @@ def test_training_trains_the_active_adapter_only():
 def test_save_pretrained_uses_peft_layout_and_loads_back(tmp_path):
     reft_model = _two_adapters()
     reft_model.save_pretrained(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == sorted([CONFIG_NAME, WEIGHTS_NAME, "style"])
-    assert sorted(os.listdir(tmp_path / "style")) == sorted([CONFIG_NAME, WEIGHTS_NAME])
+    assert sorted(os.listdir(tmp_path)) == sorted([CONFIG_NAME, WEIGHTS_NAME, "README.md", "style"])
+    assert sorted(os.listdir(tmp_path / "style")) == sorted([CONFIG_NAME, WEIGHTS_NAME, "README.md"])
     again = ReftModel.from_pretrained(tiny_llama(), tmp_path)
     again.load_adapter(tmp_path / "style", adapter_name="style")
     ids, mask = random_batch([6, 3, 5], "left", seed=1)

@@ -52,7 +52,7 @@ def test_both_adapters_train_and_reload_identically(tmp_path):
 
     peft_model.save_pretrained(tmp_path / "lora")
     reft_model.save_pretrained(tmp_path / "reft")
-    assert sorted(os.listdir(tmp_path / "reft")) == ["reft_config.json", "reft_model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "reft")) == ["README.md", "reft_config.json", "reft_model.safetensors"]
     reloaded = ReftModel.from_pretrained(peft.PeftModel.from_pretrained(tiny_llama(init=0.2), tmp_path / "lora"),
                                          tmp_path / "reft")
     ids, mask = random_batch([7, 5], "left")

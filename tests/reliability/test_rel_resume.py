@@ -226,7 +226,7 @@ def test_save_model_into_output_dir_keeps_the_checkpoints(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", "reft_config.json", WEIGHTS_NAME]
     ReftModel.from_pretrained(tiny_llama(init=0.2), tmp_path)
     trainer.model.save_pretrained(tmp_path)  # a folder with adapter sub-folders is an adapter folder: updated in place
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", "reft_config.json", WEIGHTS_NAME]
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "checkpoint-2", "reft_config.json", WEIGHTS_NAME]
     assert (tmp_path / "checkpoint-2" / "optimizer.pt").is_file()
 
 

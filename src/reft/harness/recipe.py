@@ -202,7 +202,10 @@ def train_reft(
             warnings.warn(f"nothing to resume in {os.path.join(out_dir, CHECKPOINTS)}: training from step 0",
                           stacklevel=2)
         result = trainer.train(resume_from_checkpoint=last)
-        reft_model.save_pretrained(os.path.join(out_dir, "adapter"))
+        run_info = {"examples": len(dataset), "epochs": settings.epochs, "learning rate": settings.lr,
+                    "batch size": settings.batch_size, "steps": trainer.state.global_step,
+                    "metrics": {k: v for k, v in result.metrics.items() if k in ("train_loss", "train_runtime")}}
+        reft_model.save_pretrained(os.path.join(out_dir, "adapter"), training=run_info)
         trainable = sum(p.numel() for p in reft_model.parameters() if p.requires_grad)
         metrics = write_run_outputs(out_dir, trainer.state, dict(result.metrics) | {
             "examples": len(dataset), "trainable_parameters": trainable, "resumed_from": last})

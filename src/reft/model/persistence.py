@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
@@ -21,10 +22,13 @@ class SaveLoadMixin:
         return AdapterView(self.adapters[name], getattr(self, "num_labels", None))
 
     def save_pretrained(self, directory: str | os.PathLike, selected_adapters: Sequence[str] | None = None,
-                        is_main_process: bool = True, *, overwrite: bool = False, **_: object) -> None:
-        """Write each adapter as ``reft_config.json`` + ``reft_model.safetensors`` (see :mod:`reft.save_load`):
-        ``default`` in ``directory`` itself, every other adapter in ``directory/<name>`` (peft's layout). A folder
-        that is not a reft adapter is refused unless ``overwrite`` (which adds the files beside what is there)."""
+                        is_main_process: bool = True, *, overwrite: bool = False,
+                        training: dict[str, Any] | None = None, **_: object) -> None:
+        """Write each adapter as ``reft_config.json`` + ``reft_model.safetensors`` (see :mod:`reft.save_load`) + a
+        model card ``README.md`` (:mod:`reft.model_card`; ``training``, e.g. ``{"data": …, "metrics": {…}}``, goes
+        into every card): ``default`` in ``directory`` itself, every other adapter in ``directory/<name>`` (peft's
+        layout). A folder that is not a reft adapter is refused unless ``overwrite`` (which adds the files beside
+        what is there)."""
         from ..save_load import save_adapter
 
         if not is_main_process:
@@ -35,7 +39,7 @@ class SaveLoadMixin:
             raise ValueError(f"unknown adapter {unknown[0]!r}: loaded adapters are {list(self.adapters)}")
         for name in sorted(names, key=lambda n: n != "default"):  # the top level first: it may replace the folder
             target = directory if name == "default" else os.path.join(directory, name)
-            save_adapter(self._view(name), target, overwrite=overwrite)
+            save_adapter(self._view(name), target, overwrite=overwrite, adapter_name=name, training=training)
 
     def load_adapter(self, directory: str | os.PathLike, adapter_name: str = "default", *,
                      is_trainable: bool = False) -> None:
@@ -64,8 +68,15 @@ class SaveLoadMixin:
                         is_trainable: bool = False, **kwargs) -> SaveLoadMixin:
         """Wrap ``model`` with the adapter saved in ``directory`` (named ``adapter_name``); a classifier adapter
         gives a :class:`reft.ReftModelForSequenceClassification`. Refuses a mismatched base model."""
+        from ..config import CONFIG_NAME
         from ..save_load import read_adapter
 
+        named = _named_adapters(directory)
+        if named and not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
+            raise FileNotFoundError(
+                f"{directory} holds named adapters in sub-folders ({', '.join(named)}) but no top-level adapter: load "
+                f"one with ReftModel.from_pretrained(model, {os.path.join(os.fspath(directory), named[0])!r}, "
+                f"adapter_name={named[0]!r}), then the others with .load_adapter(folder, adapter_name=name)")
         _, _, metadata = read_adapter(directory)
         if "num_labels" in metadata and not hasattr(cls, "head"):
             cls = _CLASSIFIER[0]
@@ -75,6 +86,16 @@ class SaveLoadMixin:
         if not is_trainable:
             wrapper.eval()
         return wrapper
+
+
+def _named_adapters(directory: str | os.PathLike) -> list[str]:
+    """The sub-folders of ``directory`` that hold an adapter (named adapters of a multi-adapter save), sorted."""
+    from ..config import CONFIG_NAME
+
+    if not os.path.isdir(directory):
+        return []
+    return sorted(e.name for e in os.scandir(directory)
+                  if e.is_dir() and not e.name.startswith(".") and os.path.isfile(os.path.join(e.path, CONFIG_NAME)))
 
 
 def check_compatible(config: ReftConfig, model: nn.Module) -> None:
