@@ -3,7 +3,7 @@ the adapter is (base model, interventions in words and as JSON, trainable parame
 scored when that is known, and how to load it.
 
 The card is reft's own only while its marker line is in it: a README the user wrote, or edited and removed the
-marker from, is never replaced (:func:`write_model_card`).
+marker from, is never replaced (:func:`may_write_card`).
 """
 
 from __future__ import annotations
@@ -86,7 +86,6 @@ def render_model_card(config: ReftConfig, *, parameters: int, adapter_name: str 
             what += ["", "| metric | value |", "|---|---|"]
             what += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
         what.append("")
-    cls = "AutoModelForSequenceClassification" if num_labels else "AutoModelForCausalLM"
     base_arg = json.dumps(config.base_model or "path/to/base-model")
     if adapter_name == "default":
         load = "model = ReftModel.from_pretrained(base, \"path/to/this/folder\")"
@@ -94,7 +93,7 @@ def render_model_card(config: ReftConfig, *, parameters: int, adapter_name: str 
         load = (f"model = ReftModel.from_pretrained(base, \"path/to/this/folder\", adapter_name={adapter_name!r})\n"
                 f"# or beside other adapters: model.load_adapter(\"path/to/parent/{adapter_name}\", "
                 f"adapter_name={adapter_name!r})")
-    base_cls = "AutoModel" if num_labels else cls
+    base_cls = "AutoModel" if num_labels else "AutoModelForCausalLM"
     use = ["## How to load", "", "```python", f"from transformers import {base_cls}", "from reft import ReftModel", "",
            f"base = {base_cls}.from_pretrained({base_arg})", load, "```", ""]
     if not num_labels:
@@ -119,11 +118,8 @@ def may_write_card(directory: str | os.PathLike) -> bool:
     return not os.path.lexists(path) or is_reft_card(path)
 
 
-def write_model_card(directory: str | os.PathLike, text: str) -> bool:
-    """Write ``README.md`` atomically unless the user's own is there; returns whether it was written."""
+def write_model_card(directory: str | os.PathLike, text: str) -> None:
+    """Write ``README.md`` atomically (the caller has checked :func:`may_write_card`)."""
     from .save_load import atomic_write_text
 
-    if not may_write_card(directory):
-        return False
     atomic_write_text(os.path.join(directory, CARD_NAME), text)
-    return True

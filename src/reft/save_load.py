@@ -221,11 +221,16 @@ def is_adapter_dir(directory: str | os.PathLike) -> bool:
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         return False
-    if os.path.isfile(os.path.join(directory, CONFIG_NAME)):
-        return True
+    return os.path.isfile(os.path.join(directory, CONFIG_NAME)) or bool(named_adapter_dirs(directory))
+
+
+def named_adapter_dirs(directory: str | os.PathLike) -> list[str]:
+    """The sub-folders of ``directory`` holding a ``reft_config.json`` (named adapters, checkpoints), sorted."""
+    if not os.path.isdir(directory):
+        return []
     with os.scandir(directory) as entries:
-        return any(e.is_dir() and not e.name.startswith(".") and os.path.isfile(os.path.join(e.path, CONFIG_NAME))
-                   for e in entries)
+        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith(".")
+                      and os.path.isfile(os.path.join(e.path, CONFIG_NAME)))
 
 
 def save_adapter(reft_model: nn.Module, directory: str | os.PathLike, *, overwrite: bool = False,
@@ -250,11 +255,12 @@ def save_adapter(reft_model: nn.Module, directory: str | os.PathLike, *, overwri
     directory = os.fspath(directory)
     _refuse_non_folder(directory)
     entries = os.listdir(directory) if os.path.isdir(directory) else []
-    state = reft_state_dict(reft_model)
-    card = render_model_card(reft_model.reft_config, parameters=sum(t.numel() for t in state.values()),
-                             adapter_name=adapter_name, num_labels=getattr(reft_model, "num_labels", None),
-                             training=training)
-    owned = ADAPTER_FILES + ((CARD_NAME,) if may_write_card(directory) else ())
+    modules = [reft_model.interventions, getattr(reft_model, "head", None)]
+    card = render_model_card(reft_model.reft_config, adapter_name=adapter_name, training=training,
+                             parameters=sum(p.numel() for m in modules if m is not None for p in m.parameters()),
+                             num_labels=getattr(reft_model, "num_labels", None))
+    card_ours = may_write_card(directory)
+    owned = ADAPTER_FILES + ((CARD_NAME,) if card_ours else ())
     if set(entries) <= set(owned) and not os.path.islink(directory):
         def write(tmp: str) -> None:
             write_adapter_files(reft_model, tmp)
@@ -269,7 +275,7 @@ def save_adapter(reft_model: nn.Module, directory: str | os.PathLike, *, overwri
                               "save into a new or empty folder, or pass overwrite=True to add the adapter files "
                               f"({', '.join(ADAPTER_FILES)}) beside them")
     write_adapter_files(reft_model, directory)
-    if adapter_folder:  # overwrite=True into someone else's folder adds the two adapter files and nothing else
+    if adapter_folder and card_ours:  # overwrite=True into a folder not an adapter's adds the two adapter files only
         write_model_card(directory, card)
 
 

@@ -69,10 +69,10 @@ class SaveLoadMixin:
         """Wrap ``model`` with the adapter saved in ``directory`` (named ``adapter_name``); a classifier adapter
         gives a :class:`reft.ReftModelForSequenceClassification`. Refuses a mismatched base model."""
         from ..config import CONFIG_NAME
-        from ..save_load import read_adapter
+        from ..save_load import named_adapter_dirs, read_adapter
 
-        named = _named_adapters(directory)
-        if named and not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
+        named = [] if os.path.isfile(os.path.join(directory, CONFIG_NAME)) else named_adapter_dirs(directory)
+        if named:
             raise FileNotFoundError(
                 f"{directory} holds named adapters in sub-folders ({', '.join(named)}) but no top-level adapter: load "
                 f"one with ReftModel.from_pretrained(model, {os.path.join(os.fspath(directory), named[0])!r}, "
@@ -86,16 +86,6 @@ class SaveLoadMixin:
         if not is_trainable:
             wrapper.eval()
         return wrapper
-
-
-def _named_adapters(directory: str | os.PathLike) -> list[str]:
-    """The sub-folders of ``directory`` that hold an adapter (named adapters of a multi-adapter save), sorted."""
-    from ..config import CONFIG_NAME
-
-    if not os.path.isdir(directory):
-        return []
-    return sorted(e.name for e in os.scandir(directory)
-                  if e.is_dir() and not e.name.startswith(".") and os.path.isfile(os.path.join(e.path, CONFIG_NAME)))
 
 
 def check_compatible(config: ReftConfig, model: nn.Module) -> None:
