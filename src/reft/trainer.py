@@ -155,11 +155,10 @@ def _peft_model(model):
 NO_DECAY = ("parametrizations.weight.original",)
 
 
-class ReftTrainer(Trainer):
-    """`Trainer` for a :class:`reft.ReftModel`.
+class ReftTrainerMixin:
+    """What every trainer of a :class:`reft.ReftModel` adds to its `Trainer` (this one's, or TRL's in
+    :mod:`reft.integrations.trl`):
 
-    * ``compute_loss`` passes ``num_items_in_batch`` to the model, so gradient accumulation averages over the
-      label tokens of all micro-batches like the plain `Trainer`;
     * checkpoints hold the adapter only (``reft_config.json`` + ``reft_model.safetensors``; plus peft's
       ``adapter_model.safetensors`` + ``adapter_config.json`` when the base is a peft model, e.g. LoReFT + LoRA)
       and `Trainer`'s own optimizer / scheduler / RNG state, so ``train(resume_from_checkpoint=…)`` resumes
@@ -239,8 +238,10 @@ class ReftTrainer(Trainer):
     def _check_train_data(self, dataset) -> None:
         """Refuse examples with no label token; warn when no prompt can hold all requested positions."""
         if is_hf_dataset(dataset) and hasattr(dataset, "__getitem__"):
-            dataset = dataset.select_columns([c for c in ("labels", "prompt_lengths") if c in dataset.column_names])
-            dataset = dataset.to_list()  # a 🤗 datasets.Dataset: its label columns, read once
+            columns = [c for c in ("labels", "prompt_lengths") if c in dataset.column_names]
+            if not columns:
+                return  # e.g. TRL's tokenized data (completion_mask): its own checks apply
+            dataset = dataset.select_columns(columns).to_list()  # a 🤗 datasets.Dataset: its label columns, read once
         if not isinstance(dataset, (list, tuple)) or not dataset or not isinstance(dataset[0], dict):
             return  # streaming / custom datasets are checked per batch (collator, compute_loss)
         for i, example in enumerate(dataset):
@@ -264,35 +265,6 @@ class ReftTrainer(Trainer):
                 f"{str(PositionSpec(*fits)) or 'none'}) or longer prompts",
                 stacklevel=3,
             )
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.get("labels")
-        token_sum = isinstance(labels, torch.Tensor) and labels.dim() == 2 and num_items_in_batch is not None
-        if isinstance(labels, torch.Tensor) and labels.dim() == 2:
-            if not bool((labels != IGNORE_INDEX).any()) and not num_items_in_batch:
-                raise ValueError(
-                    f"every label in this batch is masked ({IGNORE_INDEX}): the loss is undefined; check that the "
-                    "responses are not empty and max_length does not cut them away"
-                )
-        if token_sum:
-            inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
-        outputs = model(**inputs)
-        loss = outputs.loss
-        if loss is None:
-            raise ValueError("the model returned no loss: the batch needs 'labels'")
-        if token_sum and self.args.average_tokens_across_devices and self.model.training:
-            # num_items_in_batch counts the label tokens of *all* processes; DDP averages gradients over them, so
-            # scale back up as Trainer.compute_loss does (otherwise N processes train with 1/N of the gradient)
-            tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
-            loss = loss * (self.accelerator.num_processes // tp if self.args.n_gpu <= 1 else self.args.n_gpu)
-        elif num_items_in_batch is not None and not token_sum and self.model.training:
-            # a per-batch mean (classification): Trainer skips its division by the accumulation steps whenever
-            # num_items_in_batch is given to a model with **kwargs, so divide here
-            loss = loss / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
-        if not torch.isfinite(loss.detach()).all():
-            raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1}: lower "
-                                     f"the learning rate or check the data; {_last_good(self.args)}")
-        return (loss, outputs) if return_outputs else loss
 
     # ---- saving ----------------------------------------------------------------------------------------------
     def _unwrapped(self):
@@ -372,3 +344,38 @@ class ReftTrainer(Trainer):
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
+
+class ReftTrainer(ReftTrainerMixin, Trainer):
+    """`Trainer` for a :class:`reft.ReftModel`: everything of :class:`ReftTrainerMixin`, and ``compute_loss``
+    passes ``num_items_in_batch`` to the model, so gradient accumulation averages over the label tokens of all
+    micro-batches like the plain `Trainer`.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.get("labels")
+        token_sum = isinstance(labels, torch.Tensor) and labels.dim() == 2 and num_items_in_batch is not None
+        if isinstance(labels, torch.Tensor) and labels.dim() == 2:
+            if not bool((labels != IGNORE_INDEX).any()) and not num_items_in_batch:
+                raise ValueError(
+                    f"every label in this batch is masked ({IGNORE_INDEX}): the loss is undefined; check that the "
+                    "responses are not empty and max_length does not cut them away"
+                )
+        if token_sum:
+            inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
+        outputs = model(**inputs)
+        loss = outputs.loss
+        if loss is None:
+            raise ValueError("the model returned no loss: the batch needs 'labels'")
+        if token_sum and self.args.average_tokens_across_devices and self.model.training:
+            # num_items_in_batch counts the label tokens of *all* processes; DDP averages gradients over them, so
+            # scale back up as Trainer.compute_loss does (otherwise N processes train with 1/N of the gradient)
+            tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
+            loss = loss * (self.accelerator.num_processes // tp if self.args.n_gpu <= 1 else self.args.n_gpu)
+        elif num_items_in_batch is not None and not token_sum and self.model.training:
+            # a per-batch mean (classification): Trainer skips its division by the accumulation steps whenever
+            # num_items_in_batch is given to a model with **kwargs, so divide here
+            loss = loss / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1}: lower "
+                                     f"the learning rate or check the data; {_last_good(self.args)}")
+        return (loss, outputs) if return_outputs else loss
