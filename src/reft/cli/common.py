@@ -71,12 +71,22 @@ def probability(text: str) -> float:
 
 
 # ---- shared options and checks -----------------------------------------------------------------------------------
-def add_model_args(p: argparse.ArgumentParser, *, chat_default: str) -> None:
+def add_base_args(p: argparse.ArgumentParser) -> None:
+    """``--model``, ``--dtype`` and how the frozen base is stored (``--quantize``, ``--quantize-backend``)."""
     p.add_argument("--model", default="smollm2",
                    help="base model: 'smollm2' (embedded SmolLM2-135M-Instruct), 'minilm', or a local folder "
                         "(default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="base model dtype; interventions stay fp32 (default: %(default)s)")
+    p.add_argument("--quantize", choices=["8bit", "4bit"], default=None,
+                   help="store the frozen base's linear weights in 8 or 4 bits (needs reft[quant]); adapters load "
+                        "on the full base too (default: off)")
+    p.add_argument("--quantize-backend", choices=["bitsandbytes", "torchao", "quanto"], default="bitsandbytes",
+                   help="bitsandbytes (LLM.int8 / nf4), torchao (8bit), quanto (int8 / int4) (default: %(default)s)")
+
+
+def add_model_args(p: argparse.ArgumentParser, *, chat_default: str) -> None:
+    add_base_args(p)
     chat = p.add_mutually_exclusive_group()
     chat.add_argument("--chat-template", dest="chat_template", action="store_true", default=None,
                       help=f"wrap prompts in the tokenizer's chat template (default: {chat_default})")
@@ -180,3 +190,19 @@ def dtype_of(name: str):
     import torch
 
     return getattr(torch, name)
+
+
+def load_base(args: argparse.Namespace):
+    """``(model, tokenizer)`` for ``--model``/``--dtype``/``--quantize``; an unusable quantization is a UserError
+    raised before any weight loads."""
+    from ..harness.models import load_model
+
+    quantize, backend = getattr(args, "quantize", None), getattr(args, "quantize_backend", "bitsandbytes")
+    if quantize is not None:
+        from ..quantization import quantization_config
+
+        try:
+            quantization_config(quantize, backend)
+        except (ModuleNotFoundError, ValueError) as e:
+            raise UserError(f"--quantize {quantize} --quantize-backend {backend}: {e}") from None
+    return load_model(args.model, dtype=dtype_of(args.dtype), quantize=quantize, quantize_backend=backend)

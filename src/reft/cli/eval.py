@@ -10,7 +10,7 @@ from .common import (
     add_model_args,
     check_model,
     check_output_file,
-    dtype_of,
+    load_base,
     located,
     positive_int,
 )
@@ -62,7 +62,6 @@ def run(args: argparse.Namespace) -> int:
     from ..data import ExampleError
     from ..generation import recorded_prompt_format
     from ..harness.evaluate import evaluate_classification, evaluate_generation, summary, write_results
-    from ..harness.models import load_model
     from ..harness.tasks import get_task
 
     spec = get_task(args.task)
@@ -84,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
         read_adapter(args.adapter)  # a missing, corrupt or diverged adapter fails before the model loads
     examples = spec.load(args.split, limit=args.limit, seed=args.seed if glue else 0)
-    model, tokenizer = load_model(args.model, dtype=dtype_of(args.dtype))
+    model, tokenizer = load_base(args)
     if args.adapter:
         from ..model import load_adapter
 

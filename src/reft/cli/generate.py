@@ -11,7 +11,7 @@ from .common import (
     add_model_args,
     check_model,
     check_output_file,
-    dtype_of,
+    load_base,
     located,
     positive_float,
     positive_int,
@@ -62,7 +62,6 @@ def interrupted(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..data import ExampleError
     from ..generation import format_prompts, generate_texts, resolve_chat_template
-    from ..harness.models import load_model
     from ..model import load_adapter
     from ..save_load import read_adapter
 
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     check_model(args.model, causal=True, command="reft generate")
     if args.adapter:
         read_adapter(args.adapter)  # a missing, corrupt or diverged adapter fails before the model loads
-    model, tokenizer = load_model(args.model, dtype=dtype_of(args.dtype))
+    model, tokenizer = load_base(args)
     if args.adapter:
         model = load_adapter(model, args.adapter)
     chat_template = resolve_chat_template(model, tokenizer, args.chat_template, default=True)

@@ -8,6 +8,7 @@ a bug in reft.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 
@@ -44,6 +45,10 @@ def _one_line(text: object) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # torchao, when installed, is imported by transformers' loader and logs a warning per CUDA kernel file it
+    # cannot load on a CPU machine and per enum it registers with torch's pytree: noise for every command
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     prefix = f"reft {args.command}"
 
     def show(message, category, filename, lineno, file=None, line=None):

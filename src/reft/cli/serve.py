@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
-from .common import UserError, check_model, dtype_of, positive_float, positive_int, require_extra
+from .common import UserError, add_base_args, check_model, load_base, positive_float, positive_int, require_extra
 
 EPILOG = """examples:
   reft serve                                          # the embedded SmolLM2, bare, on 127.0.0.1:8000
@@ -24,11 +25,7 @@ one running batch. Stop with Ctrl-C or SIGTERM: in-flight requests get --shutdow
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve adapters over an OpenAI-compatible HTTP API", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2",
-                   help="base model: 'smollm2' (embedded SmolLM2-135M-Instruct) or a local folder "
-                        "(default: %(default)s)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="base model dtype (default: %(default)s)")
+    add_base_args(p)
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
                    help="load the adapter folder DIR as model NAME (repeatable)")
     p.add_argument("--served-model-name", default=None,
@@ -57,6 +54,9 @@ def add_parser(sub) -> None:
     g.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-adapter-loading", dest="adapter_loading", action="store_false",
                    help="refuse POST /v1/load_adapter and /v1/unload_adapter (403)")
+    p.add_argument("--api-key", default=os.environ.get("REFT_API_KEY") or None,
+                   help="require 'Authorization: Bearer KEY' on every /v1 route, as OpenAI (default: $REFT_API_KEY; "
+                        "none: open)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="(default: %(default)s)")
     p.set_defaults(run=run)
@@ -76,11 +76,11 @@ def parse_adapter_args(items: list[str]) -> list[tuple[str, str]]:
 def run(args: argparse.Namespace) -> int:
     adapters = parse_adapter_args(args.adapter)
     check_model(args.model, causal=True, command="reft serve")
-    require_extra("serve", ("fastapi", "uvicorn"), "reft serve")
+    require_extra("serve", ("fastapi", "uvicorn", "prometheus_client"), "reft serve")
     import torch
     import uvicorn
 
-    from ..harness.models import ALIASES, load_model
+    from ..harness.models import ALIASES
     from ..serve.app import create_app
     from ..serve.engine import Engine
     from ..serve.scheduler import Scheduler
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     log = logging.getLogger("reft.serve")
-    model, tokenizer = load_model(args.model, dtype=dtype_of(args.dtype))
+    model, tokenizer = load_base(args)
     model_id = args.served_model_name or ALIASES.get(args.model) or str(model.config._name_or_path or args.model)
     engine = Engine(model, tokenizer, model_id, aliases=(args.model,))
     for name, path in adapters:
@@ -102,10 +102,11 @@ def run(args: argparse.Namespace) -> int:
                           policy=args.batching)
     app = create_app(engine, scheduler, request_timeout=args.request_timeout,
                      default_max_tokens=args.default_max_tokens, allow_adapter_loading=args.adapter_loading,
-                     shutdown_timeout=args.shutdown_timeout)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and args.adapter_loading:
+                     shutdown_timeout=args.shutdown_timeout, api_key=args.api_key)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and args.adapter_loading and not args.api_key:
         log.warning("listening on %s with run-time adapter loading on: any client that reaches it can load "
-                    "adapter folders from this machine's disk (use --no-adapter-loading to refuse)", args.host)
+                    "adapter folders from this machine's disk (refuse with --no-adapter-loading, or set --api-key)",
+                    args.host)
     log.info("serving %s with %d adapter(s) on http://%s:%d (playground at /)", model_id, len(adapters), args.host,
              args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,

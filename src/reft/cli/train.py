@@ -9,7 +9,7 @@ from .common import (
     UserError,
     add_model_args,
     check_model,
-    dtype_of,
+    load_base,
     located,
     nonnegative_float,
     positive_float,
@@ -247,10 +247,9 @@ def run(args: argparse.Namespace) -> int:
 def _train_data(args: argparse.Namespace, method: str, settings, config, examples, plain: list[str] | None):
     """Train on ``examples``; ``plain``: their prompts already rendered without the chat template, or None."""
     from ..generation import prompt_format
-    from ..harness.models import load_model
     from ..harness.recipe import train_reft
 
-    model, tokenizer = load_model(args.model, dtype=dtype_of(args.dtype))
+    model, tokenizer = load_base(args)
     chat_template = plain is None
     prompts = plain if plain is not None else examples.rendered_prompts(tokenizer, True)
     responses = examples.responses
@@ -283,7 +282,7 @@ def _lora_settings(args: argparse.Namespace):
 
 def _run_task(args: argparse.Namespace, method: str, settings) -> int:
     from ..config import ReftConfig
-    from ..harness.models import ENCODER_TYPES, load_model
+    from ..harness.models import ENCODER_TYPES
     from ..harness.runs import run_folder
     from ..harness.suite import headline, run_task
     from ..harness.tasks import get_task
@@ -300,7 +299,7 @@ def _run_task(args: argparse.Namespace, method: str, settings) -> int:
         raise UserError(f"--method probe trains a classification head: {spec.name} is not a GLUE task")
     config = None if method in ("lora", "probe") else _reft_config(args, method, ReftConfig, glue=glue)
     with run_folder(args.out):  # checked and locked before the model loads
-        model, tokenizer = load_model(args.model, dtype=dtype_of(args.dtype))
+        model, tokenizer = load_base(args)
         result = run_task(model, tokenizer, spec.name, method, args.out, settings=settings, reft_config=config,
                           lora=_lora_settings(args), train_task=args.train_task, train_limit=args.limit,
                           eval_split=args.eval_split, eval_limit=args.eval_limit, evaluate=args.evaluate,

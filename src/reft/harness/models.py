@@ -91,7 +91,8 @@ def model_type_of(name: str) -> str | None:
     return AutoConfig.from_pretrained(name).model_type
 
 
-def load_model(name: str = "smollm2", *, dtype: torch.dtype = torch.float32, encoder: bool | None = None):
+def load_model(name: str = "smollm2", *, dtype: torch.dtype = torch.float32, encoder: bool | None = None,
+               quantize: str | None = None, quantize_backend: str = "bitsandbytes"):
     """``(model, tokenizer)`` in eval mode.
 
     Args:
@@ -99,6 +100,9 @@ def load_model(name: str = "smollm2", *, dtype: torch.dtype = torch.float32, enc
         dtype: parameter dtype. Default: fp32
         encoder: load with ``AutoModel`` (an encoder for classification) instead of ``AutoModelForCausalLM``;
             default: True for ``"minilm"`` and BERT/RoBERTa configs.
+        quantize: ``"8bit"`` or ``"4bit"``: store the frozen base's linear weights quantized
+            (:mod:`reft.quantization`); embeddings, norms and the LM head stay in ``dtype``. Default: None
+        quantize_backend: ``"bitsandbytes"``, ``"torchao"`` or ``"quanto"``. Default: ``"bitsandbytes"``
     """
     path = {"smollm2": smollm2_path, "minilm": minilm_path}.get(name, lambda: Path(name))()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -107,7 +111,13 @@ def load_model(name: str = "smollm2", *, dtype: torch.dtype = torch.float32, enc
 
         encoder = AutoConfig.from_pretrained(path).model_type in ENCODER_TYPES
     cls = AutoModel if encoder else AutoModelForCausalLM
-    model = cls.from_pretrained(path, dtype=dtype).eval()
+    quantized = {}
+    if quantize is not None:
+        from ..quantization import quantization_config
+
+        quantized = {"quantization_config": quantization_config(quantize, quantize_backend, compute_dtype=dtype),
+                     "device_map": "cpu"}
+    model = cls.from_pretrained(path, dtype=dtype, **quantized).eval()
     model.config._name_or_path = ALIASES.get(name, model.config._name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -20,6 +20,7 @@ from transformers import PrinterCallback, TrainerState, TrainingArguments
 from ..config import ReftConfig
 from ..data import ReftDataCollator, check_fits_context, make_supervised_dataset
 from ..model import ReftModel, get_reft_model
+from ..quantization import describe_quantization
 from ..save_load import atomic_write_file, atomic_write_text
 from ..trainer import ReftTrainer
 from .runs import CHECKPOINTS, claim, last_checkpoint, run_folder
@@ -205,6 +206,8 @@ def train_reft(
         run_info = {"examples": len(dataset), "epochs": settings.epochs, "learning rate": settings.lr,
                     "batch size": settings.batch_size, "steps": trainer.state.global_step,
                     "metrics": {k: v for k, v in result.metrics.items() if k in ("train_loss", "train_runtime")}}
+        if describe_quantization(model) is not None:
+            run_info["base weights"] = describe_quantization(model)
         reft_model.save_pretrained(os.path.join(out_dir, "adapter"), training=run_info)
         trainable = sum(p.numel() for p in reft_model.parameters() if p.requires_grad)
         metrics = write_run_outputs(out_dir, trainer.state, dict(result.metrics) | {

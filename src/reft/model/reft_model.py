@@ -53,6 +53,10 @@ class ReftModel(SaveLoadMixin, nn.Module):
             Default: True
     """
 
+    #: trainable adapters sit on the frozen base: the flag transformers' Trainer reads before it lets a quantized
+    #: base (bitsandbytes, torchao, quanto) train; which bases can train under ReFT is checked in reft.quantization
+    _hf_peft_config_loaded = True
+
     def __init__(self, model: nn.Module, config: ReftConfig | None = None, *, adapter_name: str = "default",
                  freeze_base: bool = True) -> None:
         super().__init__()

@@ -2,15 +2,17 @@
 
 Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (chat template from the tokenizer),
 ``GET /v1/models`` (the base model and every adapter), ``POST /v1/load_adapter`` / ``/v1/unload_adapter`` (also
-under vLLM's ``load_lora_adapter`` names), ``GET /health`` and the playground at ``/``. ``model`` picks the adapter:
-the base model's id runs the bare model. Every error is OpenAI's ``{"error": {...}}`` with a message that says what
-is wrong and how to fix it.
+under vLLM's ``load_lora_adapter`` names), ``GET /health``, ``GET /metrics`` (Prometheus, :mod:`.metrics`) and the
+playground at ``/``. ``model`` picks the adapter: the base model's id runs the bare model. With an API key every
+``/v1`` route wants ``Authorization: Bearer <key>`` (as OpenAI and vLLM; ``/health``, ``/metrics`` and the page stay
+open). Every error is OpenAI's ``{"error": {...}}`` with a message that says what is wrong and how to fix it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import re
@@ -20,11 +22,12 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..data import tokenize_prompt
 from .engine import AdapterConflict, Engine
+from .metrics import ServeMetrics
 from .protocol import (
     MAX_STOP,
     ChatRequest,
@@ -32,8 +35,10 @@ from .protocol import (
     LoadAdapterRequest,
     UnloadAdapterRequest,
     chat_chunk,
+    chat_logprobs,
     chat_response,
     completion_chunk,
+    completion_logprobs,
     completion_response,
     error_body,
     usage,
@@ -44,7 +49,8 @@ from .scheduler import Request as GenRequest
 
 access_log = logging.getLogger("reft.serve.access")
 _RID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-_TYPES = {400: "invalid_request_error", 403: "permission_error", 404: "not_found_error", 409: "conflict_error",
+_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error", 404: "not_found_error",
+          409: "conflict_error",
           429: "rate_limit_error", 500: "server_error", 503: "service_unavailable", 504: "timeout_error"}
 
 
@@ -89,11 +95,12 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 class AccessLog:
     """Pure ASGI middleware: a request id per request (``X-Request-Id``, echoed) and one JSON log line per response.
 
-    Handlers add fields (model, tokens, time to first token) to ``request.state.log``.
+    Handlers add fields (model, tokens, time to first token) to ``request.state.log``; every response is counted
+    in ``metrics`` (by route template).
     """
 
-    def __init__(self, app) -> None:
-        self.app = app
+    def __init__(self, app, metrics: ServeMetrics | None = None) -> None:
+        self.app, self.metrics = app, metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -121,6 +128,28 @@ class AccessLog:
                     "status": status["code"], "ms": round(1000 * (time.perf_counter() - t0), 1),
                     "client": f"{client[0]}:{client[1]}" if client else None} | fields
             access_log.info(json.dumps(line))
+            if self.metrics is not None:
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                self.metrics.http_response(str(scope.get("method")), route, status["code"])
+
+
+class BearerAuth:
+    """Pure ASGI middleware: paths under ``/v1/`` need ``Authorization: Bearer <api_key>`` (401 otherwise)."""
+
+    def __init__(self, app, api_key: str) -> None:
+        self.app, self.expected = app, f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope.get("path", "").startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        if hmac.compare_digest(given, self.expected):
+            return await self.app(scope, receive, send)
+        message = ("this server needs an API key: send the header 'Authorization: Bearer <key>' (the openai client: "
+                   "api_key=…)" if not given else "the API key is not this server's (--api-key): check the key sent "
+                   "in 'Authorization: Bearer <key>'")
+        response = _error(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        await response(scope, receive, send)
 
 
 def playground_html() -> str:
@@ -129,7 +158,7 @@ def playground_html() -> str:
 
 def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float | None = 600.0,
                default_max_tokens: int = 1024, allow_adapter_loading: bool = True,
-               shutdown_timeout: float = 30.0) -> FastAPI:
+               shutdown_timeout: float = 30.0, api_key: str | None = None) -> FastAPI:
     """The FastAPI application around a (not yet started) scheduler; its lifespan starts and stops the scheduler.
 
     Args:
@@ -137,6 +166,7 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
         default_max_tokens: chat ``max_tokens`` when the request gives none (completions default to 16, as OpenAI).
         allow_adapter_loading: serve ``/v1/load_adapter`` and ``/v1/unload_adapter`` (403 otherwise).
         shutdown_timeout: on shutdown, seconds in-flight requests get to finish before they are cancelled.
+        api_key: if given, the bearer token every ``/v1`` request must send (401 otherwise).
     """
 
     @contextlib.asynccontextmanager
@@ -147,8 +177,11 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
         await asyncio.to_thread(scheduler.stop, shutdown_timeout)
 
     app = FastAPI(title="reft serve", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
-    app.add_middleware(AccessLog)
-    app.state.engine, app.state.scheduler = engine, scheduler
+    metrics = ServeMetrics(engine, scheduler)
+    if api_key:
+        app.add_middleware(BearerAuth, api_key=api_key)
+    app.add_middleware(AccessLog, metrics=metrics)  # added last = outermost: 401s are logged and counted too
+    app.state.engine, app.state.scheduler, app.state.metrics = engine, scheduler, metrics
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -179,6 +212,10 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
                 "adapters": sorted(engine.adapters), "running": scheduler.running, "waiting": scheduler.waiting,
                 "steps": scheduler.steps}
         return JSONResponse(body, status_code=200 if scheduler.accepting else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     def _model_card(name: str | None) -> dict:
         if name is None:
@@ -253,7 +290,7 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
             raise ApiError(400, str(e), param="model", code="invalid_model") from None
 
     def _params(body, prompts: list[list[int]], max_tokens: int | None, default: int) -> SamplingParams:
-        for field_ in ("echo", "logprobs", "suffix", "tools"):
+        for field_ in ("echo", "suffix", "tools"):
             if getattr(body, field_, None):
                 raise ApiError(400, f"'{field_}' is not supported by reft serve: leave it out", param=field_)
         best_of = getattr(body, "best_of", None)
@@ -279,9 +316,15 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
                                 f"completion): reduce the prompt or max_tokens", param="max_tokens",
                            code="context_length_exceeded")
         temperature = 1.0 if body.temperature is None else body.temperature
+        if isinstance(body, ChatRequest):
+            if body.top_logprobs is not None and not body.logprobs:
+                raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+            logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        else:
+            logprobs = body.logprobs
         return SamplingParams(max_tokens=max_tokens, temperature=temperature,
                               top_p=1.0 if body.top_p is None else body.top_p, stop=tuple(stop), seed=body.seed,
-                              n=body.n or 1, ignore_eos=body.ignore_eos)
+                              n=body.n or 1, ignore_eos=body.ignore_eos, logprobs=logprobs)
 
     def _tokenize(text: str, param: str) -> list[int]:
         try:
@@ -349,6 +392,7 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         texts, reasons = [""] * gen.rows, [None] * gen.rows
+        entries: list[list] = [[] for _ in range(gen.rows)]
         checked = [time.monotonic()]
         try:
             while not all(reasons):
@@ -357,6 +401,7 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
                     if e.error:
                         raise ApiError(e.error[0], e.error[1])
                     texts[e.index] += e.text
+                    entries[e.index] += e.logprobs or []
                     if e.finish_reason:
                         reasons[e.index] = e.finish_reason
         finally:
@@ -364,8 +409,12 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
                 gen.cancel()
             _log_done(gen, fields, reasons)
         use = usage(gen.prompt_tokens, gen.completion_tokens)
+        logprobs = None
+        if params.logprobs is not None:
+            logprobs = [chat_logprobs(x, engine.tokenizer) if chat else completion_logprobs(x, engine.tokenizer)
+                        for x in entries]
         build = chat_response if chat else completion_response
-        return build(rid, body.model, texts, reasons, use)
+        return build(rid, body.model, texts, reasons, use, logprobs)
 
     async def _next(gen: GenRequest, request: Request, checked: list[float]) -> list:
         """The next events of ``gen``; a client that disconnects meanwhile cancels it (its rows leave the batch).
@@ -394,10 +443,12 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
                    "cancelled": gen.cancelled and not gen.done}
         if gen.first_token_time is not None:
             fields["ttft_ms"] = round(1000 * (gen.first_token_time - gen.arrival), 1)
+        metrics.request_done(gen, reasons, time.monotonic())
 
     async def _stream(gen: GenRequest, model_name: str, rid: str, chat: bool, include_usage: bool, fields: dict):
         created = int(time.time())
         reasons: list[str | None] = [None] * gen.rows
+        offsets = [0] * gen.rows  # characters streamed per choice (the completions' text_offset)
 
         def sse(obj) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
@@ -417,11 +468,17 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
                     if e.finish_reason:
                         reasons[e.index] = e.finish_reason
                     if e.text or e.finish_reason:
+                        lp = None
+                        if e.logprobs is not None:
+                            lp = chat_logprobs(e.logprobs, engine.tokenizer) if chat else \
+                                completion_logprobs(e.logprobs, engine.tokenizer, offsets[e.index])
+                        offsets[e.index] += len(e.text)
                         if chat:
                             delta = {"content": e.text} if e.text else {}
-                            yield sse(chat_chunk(rid, model_name, created, e.index, delta, e.finish_reason))
+                            yield sse(chat_chunk(rid, model_name, created, e.index, delta, e.finish_reason, lp))
                         else:
-                            yield sse(completion_chunk(rid, model_name, created, e.index, e.text, e.finish_reason))
+                            yield sse(completion_chunk(rid, model_name, created, e.index, e.text, e.finish_reason,
+                                                       lp))
             if include_usage:
                 yield sse(usage_chunk(rid, model_name, created, chat, usage(gen.prompt_tokens, gen.completion_tokens)))
             yield "data: [DONE]\n\n"

@@ -9,6 +9,11 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 MAX_N = 16
 MAX_STOP = 4
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI: 5 for completions, 20 for chat)
+
+#: one generated token's log-probability: ``(token id, log p(token), ((alternative id, log p), …))`` with the
+#: alternatives in descending order; log p is of the model's distribution before temperature and top-p
+TokenLogprob = tuple[int, float, tuple[tuple[int, float], ...]]
 
 
 class StreamOptions(BaseModel):
@@ -38,7 +43,7 @@ class _Sampling(BaseModel):
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | None = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     suffix: str | None = None
     best_of: int | None = None
 
@@ -65,6 +70,7 @@ class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     tools: list | None = None
 
 
@@ -91,28 +97,57 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def completion_response(rid: str, model: str, texts: list[str], reasons: list[str | None], use: dict) -> dict:
+def completion_logprobs(entries: list[TokenLogprob], tokenizer, offset: int = 0) -> dict:
+    """OpenAI's legacy ``logprobs`` object of a completion choice; ``offset``: characters of the choice's text
+    before these tokens (``text_offset`` counts from the start of the completion)."""
+    tokens, offsets = [], []
+    for token, _, _ in entries:
+        offsets.append(offset)
+        tokens.append(tokenizer.decode([token]))
+        offset += len(tokens[-1])
+    return {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in entries],
+            "top_logprobs": [{tokenizer.decode([t]): lp for t, lp in alts} for _, _, alts in entries],
+            "text_offset": offsets}
+
+
+def chat_logprobs(entries: list[TokenLogprob], tokenizer) -> dict:
+    """The chat ``logprobs`` object: ``{"content": [{"token", "logprob", "bytes", "top_logprobs"}, …]}``."""
+
+    def item(token: int, logprob: float) -> dict:
+        text = tokenizer.decode([token])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return {"content": [item(t, lp) | {"top_logprobs": [item(a, alp) for a, alp in alts]} for t, lp, alts in entries]}
+
+
+def completion_response(rid: str, model: str, texts: list[str], reasons: list[str | None], use: dict,
+                        logprobs: list[dict | None] | None = None) -> dict:
+    logprobs = logprobs or [None] * len(texts)
     return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": i, "text": t, "logprobs": None, "finish_reason": r}
-                        for i, (t, r) in enumerate(zip(texts, reasons))],
+            "choices": [{"index": i, "text": t, "logprobs": lp, "finish_reason": r}
+                        for i, (t, r, lp) in enumerate(zip(texts, reasons, logprobs))],
             "usage": use}
 
 
-def chat_response(rid: str, model: str, texts: list[str], reasons: list[str | None], use: dict) -> dict:
+def chat_response(rid: str, model: str, texts: list[str], reasons: list[str | None], use: dict,
+                  logprobs: list[dict | None] | None = None) -> dict:
+    logprobs = logprobs or [None] * len(texts)
     return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
-                         "finish_reason": r} for i, (t, r) in enumerate(zip(texts, reasons))],
+            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": lp,
+                         "finish_reason": r} for i, (t, r, lp) in enumerate(zip(texts, reasons, logprobs))],
             "usage": use}
 
 
-def completion_chunk(rid: str, model: str, created: int, index: int, text: str, reason: str | None) -> dict:
+def completion_chunk(rid: str, model: str, created: int, index: int, text: str, reason: str | None,
+                     logprobs: dict | None = None) -> dict:
     return {"id": rid, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": reason}]}
+            "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}]}
 
 
-def chat_chunk(rid: str, model: str, created: int, index: int, delta: dict, reason: str | None) -> dict:
+def chat_chunk(rid: str, model: str, created: int, index: int, delta: dict, reason: str | None,
+               logprobs: dict | None = None) -> dict:
     return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}]}
 
 
 def usage_chunk(rid: str, model: str, created: int, chat: bool, use: dict) -> dict:

@@ -38,6 +38,7 @@ import torch
 
 from ..model.compose import Composition
 from .engine import Engine, cache_merge, cache_select, cache_trim
+from .protocol import TokenLogprob
 
 log = logging.getLogger("reft.serve")
 POLICIES = ("mixed", "grouped", "subbatch")
@@ -62,16 +63,20 @@ class SamplingParams:
     seed: int | None = None
     n: int = 1
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k ≥ 0: each token's log-probability and its k most likely rivals
 
 
 @dataclass
 class Event:
-    """What the scheduler tells a request: text for one choice, its end, or an error for the whole request."""
+    """What the scheduler tells a request: text for one choice, its end, or an error for the whole request.
+
+    ``logprobs``: the tokens consumed since the choice's previous event (when the request asked for them)."""
 
     index: int = 0
     text: str = ""
     finish_reason: str | None = None
     error: tuple[int, str] | None = None  # (HTTP status, message)
+    logprobs: list[TokenLogprob] | None = None
 
 
 class Sequence:
@@ -84,6 +89,7 @@ class Sequence:
         self._prefix = self._read = 0  # incremental detokenisation offsets (into self.ids)
         self.text = ""  # decoded text so far (emitted + held back)
         self.sent = 0  # characters of self.text already emitted
+        self.logprobs: list[TokenLogprob] = []  # of tokens not yet handed out in an event
         p = request.params
         self.generator = None
         if p.seed is not None and p.temperature > 0:
@@ -98,13 +104,15 @@ class Sequence:
             return full[len(prefix):]
         return ""
 
-    def push(self, token: int, engine: Engine, context: int) -> Event | None:
+    def push(self, token: int, engine: Engine, context: int, logprob: TokenLogprob | None = None) -> Event | None:
         """Take one sampled token; return the text that can be shown now (and the finish reason, if it ended)."""
         p = self.request.params
         self.ids.append(token)
         if token in engine.eos_token_ids and not p.ignore_eos:
             self.finish_reason = "stop"
             return self._flush()
+        if logprob is not None:
+            self.logprobs.append(logprob)
         self.text += self._delta(engine.tokenizer)
         if p.stop:
             start = max(0, self.sent - max(map(len, p.stop)))
@@ -121,12 +129,18 @@ class Sequence:
         upto = len(self.text) - hold
         if upto > self.sent:
             text, self.sent = self.text[self.sent:upto], upto
-            return Event(self.index, text)
+            return Event(self.index, text, logprobs=self._take_logprobs())
         return None
+
+    def _take_logprobs(self) -> list[TokenLogprob] | None:
+        if self.request.params.logprobs is None:
+            return None
+        taken, self.logprobs = self.logprobs, []
+        return taken
 
     def _flush(self) -> Event:
         text, self.sent = self.text[self.sent:], len(self.text)
-        return Event(self.index, text, self.finish_reason)
+        return Event(self.index, text, self.finish_reason, logprobs=self._take_logprobs())
 
 
 class Request:
@@ -513,7 +527,7 @@ class Scheduler:
         for req in reqs:
             req.prefill_time = time.monotonic() - t0
         tokens = self._sample(logits, seqs)
-        keep = self._emit(seqs, tokens.tolist())  # the first token: some rows may already be done
+        keep = self._emit(seqs, tokens.tolist(), self._logprobs(logits, seqs, tokens))  # some rows may be done
         if not keep:
             return
         if len(keep) < len(seqs):
@@ -532,11 +546,12 @@ class Scheduler:
         lane.mask, lane.positions = mask, lane.positions + 1
         tokens = self._sample(logits, lane.seqs)
         lane.last = tokens
-        lane.keep(self._emit(lane.seqs, tokens.tolist()))
+        lane.keep(self._emit(lane.seqs, tokens.tolist(), self._logprobs(logits, lane.seqs, tokens)))
 
-    def _emit(self, seqs: list[Sequence], tokens: list[int]) -> list[int]:
-        """Hand each row its token and post the events per request; return the rows that go on (not finished,
-        cancelled or timed out)."""
+    def _emit(self, seqs: list[Sequence], tokens: list[int], logprobs: list[TokenLogprob | None] | None = None
+              ) -> list[int]:
+        """Hand each row its token (and its log-probability) and post the events per request; return the rows that
+        go on (not finished, cancelled or timed out)."""
         now = time.monotonic()
         events: dict[int, tuple[Request, list[Event]]] = {}
         keep = []
@@ -549,7 +564,7 @@ class Scheduler:
                 req.fail(504, f"the request timed out after {now - req.arrival:.1f} s (--request-timeout) with "
                               f"{req.completion_tokens} tokens generated: lower max_tokens or raise the timeout")
                 continue
-            event = seq.push(token, self.engine, self.context)
+            event = seq.push(token, self.engine, self.context, logprobs[i] if logprobs else None)
             if req.first_token_time is None:
                 req.first_token_time = now
             if event is not None:
@@ -559,6 +574,26 @@ class Scheduler:
         for req, evs in events.values():
             req.post(evs)
         return keep
+
+    @staticmethod
+    def _logprobs(logits: torch.Tensor, seqs: list[Sequence], tokens: torch.Tensor
+                  ) -> list[TokenLogprob | None] | None:
+        """``log softmax(logits)`` at each row's token and its top-k, for the rows whose request asked; else None.
+
+        ``logits``: ``[rows, vocab]`` as the model gave them (before temperature and top-p, as vLLM reports)."""
+        rows = [i for i, s in enumerate(seqs) if s.request.params.logprobs is not None]
+        if not rows:
+            return None
+        idx = torch.tensor(rows, dtype=torch.long)
+        lp = logits[idx].float().log_softmax(-1)
+        chosen = lp.gather(1, tokens[idx][:, None])[:, 0].tolist()
+        k = max(seqs[i].request.params.logprobs for i in rows)
+        top_values, top_ids = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
+        out: list[TokenLogprob | None] = [None] * len(seqs)
+        for j, i in enumerate(rows):
+            kk = seqs[i].request.params.logprobs
+            out[i] = (int(tokens[i]), chosen[j], tuple(zip(top_ids[j, :kk].tolist(), top_values[j, :kk].tolist())))
+        return out
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """One token per row: greedy where temperature is 0, else temperature + top-p with the row's generator."""
