@@ -8,7 +8,8 @@ evaluated on every quantized base, and every quantized base's adapter on the fp3
 Per base, in the JSON:
 
 * ``weight_bytes``: the base's parameters and buffers as stored (quantized data, scales, zero points);
-* ``rss_loaded_mb`` (right after loading, after gc) and ``rss_peak_mb`` (the process's peak: load + train + eval);
+* ``rss_loaded_mb`` right after loading (after gc and ``malloc_trim``): ``anon`` (heap) and ``file`` (mapped files:
+  the checkpoint's pages, which the kernel can drop), and ``rss_peak_mb`` (the process's peak: load + train + eval);
 * ``train_s_per_step`` and ``generate_tokens_per_s``, and both as ratios to the fp32 base (same run, same machine);
 * ``heldout_exact_match`` of the bare base and of the adapter; ``same_answers_as_fp32``: held-out answers equal to
   the fp32 adapter's on the fp32 base; ``cross``: exact match of the adapter trained on the other kind of base.
@@ -19,6 +20,7 @@ Per base, in the JSON:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
@@ -38,9 +40,12 @@ sys.path.insert(0, str(ROOT / "examples"))
 BASES = ["fp32", "bitsandbytes:8bit", "bitsandbytes:4bit", "torchao:8bit", "quanto:8bit", "quanto:4bit"]
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def rss_mb() -> dict[str, float]:
+    """This process's resident memory now: ``anon`` (heap: tensors, libraries) and ``file`` (mapped files, e.g. the
+    safetensors checkpoint: clean pages the kernel can drop and re-read), in MiB."""
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f if line.startswith(("RssAnon", "RssFile")))
+    return {"anon": int(fields["RssAnon"].split()[0]) / 1024, "file": int(fields["RssFile"].split()[0]) / 1024}
 
 
 def run_one(base: str, out_dir: Path, extra_adapters: list[str], threads: int) -> dict:
@@ -61,6 +66,7 @@ def run_one(base: str, out_dir: Path, extra_adapters: list[str], threads: int) -
         model, tokenizer = load_model("smollm2", quantize=bits, quantize_backend=backend)
     load_s = time.perf_counter() - t0
     gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed load-time buffers back to the OS before measuring
     figures = {"base": base, "quantization": quantization_of(model), "load_s": load_s,
                "weight_bytes": stored_bytes(model), "rss_loaded_mb": rss_mb()}
     train, heldout = make_task(seed=0, n_train=96, n_heldout=32)
@@ -144,10 +150,11 @@ def main() -> int:
               "bases": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(f"{'base':20} {'weights MB':>10} {'RSS load':>9} {'RSS peak':>9} {'train ×':>8} {'gen ×':>6} "
+    print(f"{'base':20} {'weights MiB':>11} {'anon':>6} {'file':>6} {'RSS peak':>9} {'train ×':>8} {'gen ×':>6} "
           f"{'EM bare':>8} {'EM reft':>8} {'=fp32':>6}  cross")
     for name, r in results.items():
-        print(f"{name:20} {r['weight_bytes'] / 2**20:10.0f} {r['rss_loaded_mb']:9.0f} {r['rss_peak_mb']:9.0f} "
+        print(f"{name:20} {r['weight_bytes'] / 2**20:11.0f} {r['rss_loaded_mb']['anon']:6.0f} "
+              f"{r['rss_loaded_mb']['file']:6.0f} {r['rss_peak_mb']:9.0f} "
               f"{r['train_time_vs_fp32']:8.2f} {r['generate_speed_vs_fp32']:6.2f} "
               f"{r['heldout_exact_match_bare']:8.2f} {r['heldout_exact_match']:8.2f} "
               f"{r['same_answers_as_fp32']:6.2f}  {r['cross']}")
