@@ -24,7 +24,7 @@ from reft import ReftConfig, ReftModel  # noqa: E402
 from reft.generation import generate_texts, prompt_format, render_chat  # noqa: E402
 from reft.harness.models import load_model  # noqa: E402
 from reft.harness.recipe import TrainSettings, train_reft  # noqa: E402
-from reft.quantization import describe_quantization, stored_bytes  # noqa: E402
+from reft.quantization import quantization_of, stored_bytes  # noqa: E402
 
 
 def main() -> int:
@@ -37,7 +37,8 @@ def main() -> int:
     torch.set_num_threads(2)
 
     model, tokenizer = load_model("smollm2", quantize=args.bits, quantize_backend=args.backend)
-    print(f"base: {describe_quantization(model)}; {stored_bytes(model) / 2**20:.0f} MiB of weights")
+    q = quantization_of(model)
+    print(f"base: {q['backend']} {q['bits']}, {stored_bytes(model) / 2**20:.0f} MiB of weights")
     train, heldout = make_task(seed=0, n_train=96, n_heldout=32)
     prompts = [render_chat(tokenizer, ex["prompt"]) for ex in heldout]
     gen = {"batch_size": 16, "max_new_tokens": 24, "progress": False}
