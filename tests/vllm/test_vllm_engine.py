@@ -62,7 +62,8 @@ def reference(world, prompt: str, name: str | None) -> tuple[list[int], list[flo
     base.generation_config.eos_token_id = None  # as vLLM's ignore_eos: eos may be generated, and does not stop
     runner = ReftModel.from_pretrained(base, world["root"] / name) if name else base
     ids = torch.tensor([tokenizer(prompt)["input_ids"]])
-    out = runner.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=N, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    out = runner.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=N, do_sample=False,
+                          pad_token_id=0, output_scores=True, return_dict_in_generate=True)
     gaps = [float(s[0].topk(2).values[0] - s[0].topk(2).values[1]) for s in out.scores]
     return out.sequences[0, ids.shape[1]:].tolist(), gaps
 
