@@ -2,8 +2,8 @@
 
 A tiny random Llama saved to disk, four random adapters; vLLM in-process with the plugin, eager, chunked prefill
 of 16 tokens per step, prefix caching on (32-token blocks). Greedy tokens of mixed batches equal
-``ReftModel.generate`` of each request alone, token for token (or part at a near-tie of the reference: CPU kernels differ in the last bits).
-Without vLLM the module is skipped, saying how to run it.
+``ReftModel.generate`` of each request alone, token for token (or part at a near-tie of the reference: CPU kernels
+differ in the last bits). Without vLLM the module is skipped, saying how to run it.
 """
 
 from __future__ import annotations
