@@ -208,6 +208,7 @@ def register() -> None:
     global _registered
     if _registered:
         return
+    from vllm.exceptions import VLLMValidationError
     from vllm.v1 import request as request_module
     from vllm.v1.engine.input_processor import InputProcessor
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
@@ -215,7 +216,10 @@ def register() -> None:
     original_validate = InputProcessor._validate_params
 
     def validate_params(self, params, *args, **kwargs):
-        check_request(params)
+        try:
+            check_request(params)
+        except ValueError as e:  # vLLM's own validation error: its API answers 400 with the message
+            raise VLLMValidationError(str(e), parameter="vllm_xargs.reft_adapter") from None
         return original_validate(self, params, *args, **kwargs)
 
     InputProcessor._validate_params = validate_params
