@@ -50,7 +50,7 @@ $(VLLM_VENV)/.installed: pyproject.toml constraints-vllm.txt
 venv-vllm: $(VLLM_VENV)/.installed
 
 test-vllm: $(VLLM_VENV)/.installed
-	$(VLLM_VENV)/bin/python -m pytest tests/vllm tests/integrations/test_vllm_plan.py -p no:cacheprovider -rs
+	$(VLLM_VENV)/bin/python -m pytest tests/vllm_plugin tests/integrations/test_vllm_plan.py -p no:cacheprovider -rs
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info src/*.egg-info

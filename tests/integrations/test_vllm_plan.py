@@ -1,5 +1,5 @@
 """The vLLM plugin's per-step logic without vLLM (reft.integrations.vllm): which stream rows a step edits, and the
-edit itself on vLLM's ``(hidden_states, residual)`` layer output. The engine tests are in tests/vllm."""
+edit itself on vLLM's ``(hidden_states, residual)`` layer output. The engine tests are in tests/vllm_plugin."""
 
 from __future__ import annotations
 
