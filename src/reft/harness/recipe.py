@@ -206,8 +206,9 @@ def train_reft(
         run_info = {"examples": len(dataset), "epochs": settings.epochs, "learning rate": settings.lr,
                     "batch size": settings.batch_size, "steps": trainer.state.global_step,
                     "metrics": {k: v for k, v in result.metrics.items() if k in ("train_loss", "train_runtime")}}
-        if describe_quantization(model) is not None:
-            run_info["base weights"] = describe_quantization(model)
+        stored = describe_quantization(model)
+        if stored is not None:
+            run_info["base weights"] = stored
         reft_model.save_pretrained(os.path.join(out_dir, "adapter"), training=run_info)
         trainable = sum(p.numel() for p in reft_model.parameters() if p.requires_grad)
         metrics = write_run_outputs(out_dir, trainer.state, dict(result.metrics) | {

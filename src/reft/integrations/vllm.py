@@ -43,7 +43,6 @@ _state = threading.local()  # .plan: {layer: [(intervention, rows)]} for the ste
 
 @dataclass
 class _Loaded:
-    name: str
     adapter: nn.Module  # reft.model.adapter.Adapter
     parts: list[tuple[int, nn.Module, slice, str, str]]  # (layer, intervention, slot, positions, rule)
 
@@ -57,7 +56,7 @@ class ReftAdapters:
         from ..save_load import load_reft_state_dict, read_adapter
 
         self.adapters: dict[str, _Loaded] = {}
-        self._positions: dict[tuple[str, int], list[torch.Tensor]] = {}
+        self._positions: dict[tuple[str, str, int], torch.Tensor] = {}
         for name, path in dirs.items():
             config, state, _ = read_adapter(path)
             if config.hidden_size not in (None, hidden) or config.num_layers not in (None, num_layers):
@@ -75,17 +74,17 @@ class ReftAdapters:
                 for layer in parse_layers(spec.layers, num_layers):
                     parts += [(layer, iv, slot, spec.positions, spec.position_rule)
                               for iv, slot in adapter.parts(j, layer)]
-            self.adapters[name] = _Loaded(name, adapter, parts)
+            self.adapters[name] = _Loaded(adapter, parts)
 
     @classmethod
     def from_env(cls, hidden: int, num_layers: int) -> ReftAdapters:
         return cls(adapter_dirs(), hidden, num_layers)
 
-    def positions(self, name: str, n: int, spec: str, rule: str) -> torch.Tensor:
-        """Prompt positions of ``spec`` for a prompt of ``n`` tokens (``-1`` = empty slot)."""
+    def positions(self, n: int, spec: str, rule: str) -> torch.Tensor:
+        """Prompt positions of ``spec`` for a prompt of ``n`` tokens (``-1`` = empty slot); shared by adapters."""
         from ..positions import prompt_positions
 
-        key = (f"{name}|{spec}|{rule}", n)
+        key = (spec, rule, n)
         if key not in self._positions:
             self._positions[key] = prompt_positions(torch.ones(1, n, dtype=torch.long), None, spec, rule)[0]
         return self._positions[key]
@@ -101,7 +100,7 @@ class ReftAdapters:
                 continue
             loaded = self.adapters[name]
             for layer, intervention, slot, spec, rule in loaded.parts:
-                pos = self.positions(name, n, spec, rule)[slot]
+                pos = self.positions(n, spec, rule)[slot]
                 pos = pos[(pos >= computed) & (pos < computed + count)]
                 if pos.numel():
                     plan.setdefault(layer, []).append((intervention, start_row + pos - computed))

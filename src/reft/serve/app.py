@@ -409,12 +409,14 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
                 gen.cancel()
             _log_done(gen, fields, reasons)
         use = usage(gen.prompt_tokens, gen.completion_tokens)
-        logprobs = None
-        if params.logprobs is not None:
-            logprobs = [chat_logprobs(x, engine.tokenizer) if chat else completion_logprobs(x, engine.tokenizer)
-                        for x in entries]
+        logprobs = [_logprobs(x, chat) for x in entries] if params.logprobs is not None else None
         build = chat_response if chat else completion_response
         return build(rid, body.model, texts, reasons, use, logprobs)
+
+    def _logprobs(entries: list, chat: bool, offset: int = 0) -> dict:
+        """The choice's ``logprobs`` object: chat's, or the completions' (``offset``: characters before these)."""
+        return chat_logprobs(entries, engine.tokenizer) if chat else \
+            completion_logprobs(entries, engine.tokenizer, offset)
 
     async def _next(gen: GenRequest, request: Request, checked: list[float]) -> list:
         """The next events of ``gen``; a client that disconnects meanwhile cancels it (its rows leave the batch).
@@ -468,10 +470,7 @@ def create_app(engine: Engine, scheduler: Scheduler, *, request_timeout: float |
                     if e.finish_reason:
                         reasons[e.index] = e.finish_reason
                     if e.text or e.finish_reason:
-                        lp = None
-                        if e.logprobs is not None:
-                            lp = chat_logprobs(e.logprobs, engine.tokenizer) if chat else \
-                                completion_logprobs(e.logprobs, engine.tokenizer, offsets[e.index])
+                        lp = None if e.logprobs is None else _logprobs(e.logprobs, chat, offsets[e.index])
                         offsets[e.index] += len(e.text)
                         if chat:
                             delta = {"content": e.text} if e.text else {}
