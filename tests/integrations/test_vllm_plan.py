@@ -8,7 +8,15 @@ import torch
 from reliability._reliability_common import one_thread, tiny_causal_lm  # noqa: F401  (one_thread: autouse)
 
 from reft import LoReFT, ReftConfig, get_reft_model, prompt_positions
-from reft.integrations.vllm import ENV, ReftAdapters, _salted, adapter_dirs, check_request, edit_layer_output
+from reft.integrations.vllm import (
+    ENV,
+    ReftAdapters,
+    _salted,
+    adapter_dirs,
+    check_request,
+    edit_layer_output,
+    model_as_adapter,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +43,8 @@ def test_each_prompt_position_is_edited_once_whatever_the_chunking(adapter_dir, 
         if computed >= n:
             assert plan == {}
         for layer, items in plan.items():
-            for intervention, rows in items:
+            for intervention, rows, weight in items:
+                assert weight == 1.0
                 assert bool(((rows >= 5) & (rows < 5 + k)).all())
                 seen.setdefault(layer, []).extend((id(intervention), int(r) - 5 + computed) for r in rows)
         computed += k
@@ -49,18 +58,18 @@ def test_each_prompt_position_is_edited_once_whatever_the_chunking(adapter_dir, 
 
 def test_the_edit_is_phi_of_the_block_output_summed_where_positions_meet():
     """vLLM's layer output is ``(hidden_states, residual)`` with block output h = their sum: after the edit the sum is
-    h + δ₁(h) (+ δ₂(h) on a row both edit), the residual and unlisted rows untouched."""
+    h + δ₁(h) (+ w·δ₂(h) on a row both edit), the residual and unlisted rows untouched."""
     torch.manual_seed(0)
     hidden, residual = torch.randn(6, 16), torch.randn(6, 16)
     one, two = LoReFT(16, 2), LoReFT(16, 3)
     for p in [*one.parameters(), *two.parameters()]:
         torch.nn.init.normal_(p, std=0.5)
     out, res = edit_layer_output((hidden.clone(), residual.clone()),
-                                 [(one, torch.tensor([1, 3])), (two, torch.tensor([3]))])
+                                 [(one, torch.tensor([1, 3]), 1.0), (two, torch.tensor([3]), -0.5)])
     h = hidden + residual
     want = h.clone()
     want[1] += one.delta(h[1])
-    want[3] += one.delta(h[3]) + two.delta(h[3])
+    want[3] += one.delta(h[3]) - 0.5 * two.delta(h[3])
     torch.testing.assert_close(out + res, want, rtol=1e-6, atol=1e-6)
     assert torch.equal(res, residual)
     assert torch.equal(out[[0, 2, 4, 5]], hidden[[0, 2, 4, 5]])
@@ -81,6 +90,15 @@ def test_requests_are_checked_and_salted_by_adapter(monkeypatch, adapter_dir):
     assert _salted(None, Params({"reft_adapter": "a"})) == "reft:a"
     assert _salted("user", Params({"reft_adapter": "b"})) == "reft:b|user"
     assert _salted("user", Params(None)) == "user" and _salted(None, None) is None
+    check_request(Params({"reft_adapter": "0.5*a-b"}))
+    assert _salted(None, Params({"reft_adapter": "b + 0.50*a"})) == "reft:0.5*a+b"  # one salt per composition
+    assert _salted("user", Params({"reft_adapter": "a-a"})) == "user"  # = the bare model
+    with pytest.raises(ValueError, match=r"unknown reft adapter 'zzz'"):
+        check_request(Params({"reft_adapter": "a+zzz"}))
+    with pytest.raises(ValueError, match=r"cannot parse adapter composition 'a\+\+b'"):
+        check_request(Params({"reft_adapter": "a++b"}))
+    with pytest.raises(ValueError, match="reft_adapter must be an adapter name or a composition"):
+        check_request(Params({"reft_adapter": 3}))
     monkeypatch.setenv(ENV, "a")
     with pytest.raises(ValueError, match="write name=DIR"):
         adapter_dirs()
@@ -93,3 +111,38 @@ def test_an_adapter_of_another_model_or_component_is_refused(tmp_path, adapter_d
     get_reft_model(model, ReftConfig(layers="1", positions="l1", component="mlp_output")).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="edits block_output only"):
         ReftAdapters({"m": str(tmp_path)}, 32, 4)
+
+
+def test_a_composition_plans_each_adapter_at_its_positions_with_its_weight(adapter_dir, tmp_path):
+    model, _ = tiny_causal_lm()
+    get_reft_model(model, ReftConfig(layers="2", positions="l1", rank=2)).save_pretrained(tmp_path)
+    adapters = ReftAdapters({"a": str(adapter_dir), "b": str(tmp_path)}, 32, 4)
+    n = 6
+    both = adapters.plan([("0.5*a-b", n, 0, 3, n)])
+    a, b = adapters.plan([("a", n, 0, 3, n)]), adapters.plan([("b", n, 0, 3, n)])
+    assert sorted(both) == [1, 2]
+    key = lambda items: sorted((id(i), r.tolist()) for i, r, _ in items)  # noqa: E731
+    assert key(both[1]) == key(a[1]) and key(both[2]) == key(a[2] + b[2])
+    weights = {id(i): w for i, _, w in both[2]}
+    assert [weights[id(i)] for i, _, _ in a[2]] == [0.5] * len(a[2]) and [weights[id(i)] for i, _, _ in b[2]] == [-1.0]
+    assert adapters.plan([("a-a", n, 0, 0, n)]) == {}
+
+
+def test_an_openai_model_naming_adapters_becomes_the_request_adapter(monkeypatch, adapter_dir):
+    class Request:
+        def __init__(self, model, xargs=None):
+            self.model, self.vllm_xargs = model, xargs
+
+    monkeypatch.setenv(ENV, f"a={adapter_dir},b={adapter_dir}")
+    is_base = lambda m: m == "base"  # noqa: E731
+    for model in ("a", "a+0.5*b"):
+        request = Request(model, {"other": 1})
+        assert model_as_adapter(request, "base", is_base) is None
+        assert (request.model, request.vllm_xargs) == ("base", {"other": 1, "reft_adapter": model})
+    request = Request("base", {"reft_adapter": "b"})
+    assert model_as_adapter(request, "base", is_base) is None and request.vllm_xargs == {"reft_adapter": "b"}
+    assert "no reft adapter 'zzz' is served (adapters: ['a', 'b']" in model_as_adapter(Request("a+zzz"), "base",
+                                                                                      is_base)
+    assert "name the base model 'base', a reft adapter of ['a', 'b']" in model_as_adapter(Request("gpt-4o"), "base",
+                                                                                        is_base)
+    assert "give one of them" in model_as_adapter(Request("a", {"reft_adapter": "b"}), "base", is_base)

@@ -176,6 +176,19 @@ def test_weight_zero_is_absent_and_negation_subtracts():
         torch.testing.assert_close(run(["-b"] * 2), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("text", ["a", "-a", "0.5*style+topic-toxic", "0.1*a-2*b", "0.00001*a+b", "3*a+0.333*c"])
+def test_a_composition_prints_as_text_that_parses_back_to_it(text):
+    from reft.model.compose import format_composition, parse_composition
+
+    parsed = parse_composition(text)
+    assert parse_composition(format_composition(parsed)) == parsed
+    assert format_composition(parsed) == format_composition(parse_composition(format_composition(parsed)))
+    assert format_composition(()) == "__base__"
+    g = torch.Generator().manual_seed(0)  # any float weight comes back bit for bit
+    for w in (torch.randn(64, generator=g, dtype=torch.float64) * 10).tolist():
+        assert parse_composition(format_composition((("a", w),))) == (("a", w),)
+
+
 @pytest.mark.parametrize("names, match", [
     (["a", "zzz"], "unknown adapter 'zzz'"),
     (["a"], "one entry per row"),

@@ -11,64 +11,26 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed in this venv: run `make test-vllm`")
 if not hasattr(vllm, "LLM"):  # a folder named vllm on sys.path is not vLLM
     pytest.skip("vLLM is not installed in this venv: run `make test-vllm`", allow_module_level=True)
 
-from reliability._reliability_common import byte_tokenizer  # noqa: E402
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from vllm_plugin._vllm_common import ADAPTERS, PROMPTS, N, adapters_env, assert_same_greedy, build_world, reference  # noqa: E402
 
-from reft import ReftConfig, ReftModel, get_reft_model  # noqa: E402
 from reft.integrations.vllm import ENV  # noqa: E402
-
-ADAPTERS = {"a": dict(layers="1;2", positions="f2+l2"), "b": dict(layers="0;3", positions="l3"),
-            "c": dict(layers="2", positions="f1+l1", tied=False),
-            "d": dict(layers="0;1;2", positions="f8")}  # edits inside the first cached block only
-N = 12
-PROMPTS = ["the quick brown fox", "hello there, how are you today?", "ab",
-           "a much longer prompt that goes on and on, past three blocks of the KV cache, to the end"]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vllm")
-    tokenizer = byte_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=0, eos_token_id=1,
-                         bos_token_id=2, max_position_embeddings=256, initializer_range=0.3,
-                         tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    for seed, (name, spec) in enumerate(ADAPTERS.items(), start=1):
-        model = AutoModelForCausalLM.from_pretrained(root / "model", dtype=torch.float32)
-        reft_model = get_reft_model(model, ReftConfig(rank=4, **spec))
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in reft_model.interventions.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 3.0 / p.shape[-1] ** 0.5)
-        reft_model.save_pretrained(root / name)
-    os.environ[ENV] = ",".join(f"{name}={root / name}" for name in ADAPTERS)
+    world = build_world(tmp_path_factory.mktemp("vllm"))
+    os.environ[ENV] = adapters_env(world["root"])
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine in this process
-    llm = vllm.LLM(model=str(root / "model"), dtype="float32", enforce_eager=True, compilation_config=0,
-                   max_model_len=256, max_num_seqs=8, seed=0, max_num_batched_tokens=16, enable_chunked_prefill=True,
-                   enable_prefix_caching=True, block_size=32)  # CPU default 128: longer than these prompts
-    return {"root": root, "tokenizer": tokenizer, "llm": llm}
-
-
-def reference(world, prompt: str, name: str | None) -> tuple[list[int], list[float]]:
-    """Greedy tokens of ReftModel.generate alone (and the top-2 logit gap at each step)."""
-    tokenizer = world["tokenizer"]
-    base = AutoModelForCausalLM.from_pretrained(world["root"] / "model", dtype=torch.float32).eval()
-    base.generation_config.eos_token_id = None  # as vLLM's ignore_eos: eos may be generated, and does not stop
-    runner = ReftModel.from_pretrained(base, world["root"] / name) if name else base
-    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
-    out = runner.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=N, do_sample=False,
-                          pad_token_id=0, output_scores=True, return_dict_in_generate=True)
-    gaps = [float(s[0].topk(2).values[0] - s[0].topk(2).values[1]) for s in out.scores]
-    return out.sequences[0, ids.shape[1]:].tolist(), gaps
+    world["llm"] = vllm.LLM(model=str(world["root"] / "model"), dtype="float32", enforce_eager=True,
+                            compilation_config=0, max_model_len=256, max_num_seqs=8, seed=0,
+                            max_num_batched_tokens=16, enable_chunked_prefill=True, enable_prefix_caching=True,
+                            block_size=32)  # CPU default 128: longer than these prompts
+    return world
 
 
 def generate(world, prompts: list[str], names: list[str | None]) -> list[list[int]]:
@@ -80,14 +42,6 @@ def generate(world, prompts: list[str], names: list[str | None]) -> list[list[in
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
-def assert_same_greedy(got: list[int], want: list[int], gaps: list[float], tie: float = 1e-4) -> None:
-    for k, (a, b) in enumerate(zip(got, want)):
-        if a != b:
-            assert gaps[k] < tie, f"token {k} differs ({a} vs {b}) although the reference margin is {gaps[k]:.2e}"
-            return
-    assert len(got) == len(want)
-
-
 def test_a_mixed_batch_equals_each_request_alone(world):
     names = ["a", None, "b", "a", "c", None, "c"]
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(names))]
@@ -96,6 +50,18 @@ def test_a_mixed_batch_equals_each_request_alone(world):
         assert_same_greedy(tokens, *reference(world, prompt, name))
     bare = generate(world, prompts, [None] * len(names))
     assert all(g != b for g, b, n in zip(got, bare, names) if n), "an adapter changed nothing"
+
+
+def test_compositions_mixed_with_single_adapters_equal_reft_model(world):
+    """``a+b`` (disjoint layers), ``a+c`` (both at layer 2, overlapping positions: deltas summed from one h),
+    weighted and negated terms, ``a-a`` (= bare), beside single adapters in one batch."""
+    names = ["a+b", "a", "0.5*a-2*c", "b", "a+c", None, "-d", "a-a"]
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(names))]
+    got = generate(world, prompts, names)
+    for tokens, prompt, name in zip(got, prompts, names):
+        assert_same_greedy(tokens, *reference(world, prompt, name))
+    singles = dict(zip(names, got))
+    assert singles["a+b"] != generate(world, [prompts[0]], ["a"])[0]  # b's part is applied too
 
 
 def test_long_prompts_prefilled_in_chunks_are_edited_once(world):
@@ -125,4 +91,8 @@ def test_an_unknown_adapter_is_refused_and_the_engine_keeps_serving(world):
     with pytest.raises(VLLMValidationError,
                        match=r"unknown reft adapter 'zzz': this server has \['a', 'b', 'c', 'd'\]"):
         generate(world, ["hi"], ["zzz"])
+    with pytest.raises(VLLMValidationError, match=r"unknown reft adapter 'zzz'"):
+        generate(world, ["hi"], ["a+zzz"])
+    with pytest.raises(VLLMValidationError, match=r"cannot parse adapter composition 'a\+\+b'"):
+        generate(world, ["hi"], ["a++b"])
     assert_same_greedy(generate(world, ["hi"], ["b"])[0], *reference(world, "hi", "b"))

@@ -3,9 +3,11 @@
 Installed with reft, the entry point ``reft = reft.integrations.vllm:register`` runs in every vLLM process. Then:
 
 * adapters: ``REFT_VLLM_ADAPTERS="name=DIR,other=DIR"`` (reft adapter folders), loaded with the model;
-* a request picks one: ``SamplingParams(extra_args={"reft_adapter": "name"})``, or in the OpenAI API
-  ``{"vllm_xargs": {"reft_adapter": "name"}}``; requests without it run the bare model, in the same batch; an
-  unknown name is refused when the request comes in (``ValueError``; the API answers 400).
+* a request picks one, or a composition of them (``"a+b"``, ``"0.5*a-b"``: :mod:`reft.model.compose`):
+  ``SamplingParams(extra_args={"reft_adapter": "a+b"})``; in vLLM's OpenAI API ``"model": "a+b"`` (``/v1/models``
+  lists the adapters) or ``{"vllm_xargs": {"reft_adapter": "a+b"}}`` with the base model's name. Requests without
+  one run the bare model, in the same batch. An unknown name or a malformed composition is refused when the
+  request comes in (vLLM's validation error: its API answers 400).
 
 What runs, per model step (``GPUModelRunner._model_forward``, which the CPU runner inherits): vLLM packs the
 step's tokens of all requests into one ``[T, d]`` stream with absolute ``positions``. For each request with an
@@ -13,20 +15,22 @@ adapter whose prompt (length n) is still being prefilled — its scheduled token
 ``c … c+k−1`` (c = tokens computed before, so chunked prefill works) — the adapter's positions for a prompt of n
 tokens (:func:`reft.positions.prompt_positions`: ``f7+l7``, the ⌊n/2⌋ rule, …) that fall in that window are
 mapped to rows of the stream. After decoder layer l, whose output vLLM keeps as ``(hidden_states, residual)`` with
-the block output ``h = hidden_states + residual``, each such row gets ``hidden_states[t] += δ(h[t])`` (all deltas
-from the unedited h, summed where positions coincide, as :func:`reft.model.hooks` does). Decode tokens are never
+the block output ``h = hidden_states + residual``, each such row gets ``hidden_states[t] += w·δ(h[t])`` (w = the
+adapter's weight in the composition; all deltas from the unedited h, summed where positions coincide, as
+:mod:`reft.model.hooks` does). Decode tokens are never
 edited: they see the edit through the KV cache, as in ``ReftModel.generate``.
 
-Prefix caching: a request with an adapter gets the cache salt ``reft:<name>`` (joined to any salt it has), so
-KV blocks computed under another adapter or none are never reused for it.
+Prefix caching: a request with an adapter gets the cache salt ``reft:<composition>`` (its canonical text, joined
+to any salt it has), so KV blocks computed under another adapter or none are never reused for it.
 
-Limits: ``block_output`` interventions only; one adapter per request (no compositions); decoder models whose
+Limits: ``block_output`` interventions only; decoder models whose
 layers return ``(hidden_states, residual)`` (Llama, Mistral, Qwen2, …); eager execution (``enforce_eager=True``
 and ``compilation_config=0``: the edit runs Python per step), checked when the model loads.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -90,20 +94,20 @@ class ReftAdapters:
         return self._positions[key]
 
     def plan(self, requests: list[tuple[str | None, int, int, int, int]]) -> dict[int, list]:
-        """``{layer: [(intervention, rows)]}`` for one step; ``requests`` as :func:`step_requests` gives them:
-        ``(adapter, prompt length n, tokens computed before c, the request's first row in the stream, its k
-        scheduled tokens)``. A position p of the adapter is edited now iff ``c ≤ p < c + k``, at row
+        """``{layer: [(intervention, rows, weight)]}`` for one step; ``requests`` as :func:`step_requests` gives
+        them: ``(adapter or composition, prompt length n, tokens computed before c, the request's first row in the
+        stream, its k scheduled tokens)``. A position p of an adapter is edited now iff ``c ≤ p < c + k``, at row
         ``first + p − c``."""
         plan: dict[int, list] = {}
-        for name, n, computed, start_row, count in requests:
-            if name is None or computed >= n:
+        for entry, n, computed, start_row, count in requests:
+            if entry is None or computed >= n:
                 continue
-            loaded = self.adapters[name]
-            for layer, intervention, slot, spec, rule in loaded.parts:
-                pos = self.positions(n, spec, rule)[slot]
-                pos = pos[(pos >= computed) & (pos < computed + count)]
-                if pos.numel():
-                    plan.setdefault(layer, []).append((intervention, start_row + pos - computed))
+            for name, weight in composition_of(entry, self.adapters):
+                for layer, intervention, slot, spec, rule in self.adapters[name].parts:
+                    pos = self.positions(n, spec, rule)[slot]
+                    pos = pos[(pos >= computed) & (pos < computed + count)]
+                    if pos.numel():
+                        plan.setdefault(layer, []).append((intervention, start_row + pos - computed, weight))
         return plan
 
 
@@ -118,26 +122,46 @@ def adapter_dirs() -> dict[str, str]:
     return dirs
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed(entry: str) -> tuple[tuple[str, float], ...]:
+    from ..model.compose import parse_composition
+
+    return parse_composition(entry)
+
+
+def composition_of(entry: object, served) -> tuple[tuple[str, float], ...]:
+    """A request's ``reft_adapter`` (``"a"``, ``"0.5*a-b"``) → ``((name, weight), …)``, every name in ``served``.
+
+    Raises:
+        ValueError: not a string, malformed, or naming an adapter that is not served.
+    """
+    if not isinstance(entry, str):
+        raise ValueError(f"{REQUEST_KEY} must be an adapter name or a composition such as 'a+b', got {entry!r}")
+    composition = _parsed(entry)
+    unknown = [name for name, _ in composition if name not in served]
+    if unknown:
+        raise ValueError(f"unknown reft adapter {unknown[0]!r}: this server has {sorted(served)} (set {ENV} when "
+                         "starting vLLM)")
+    return composition
+
+
 def check_request(sampling_params) -> None:
-    """Refuse a request naming an adapter that is not served (vLLM's API answers 400)."""
-    name = (getattr(sampling_params, "extra_args", None) or {}).get(REQUEST_KEY)
-    if name is None:
-        return
-    names = adapter_dirs()
-    if not isinstance(name, str) or name not in names:
-        raise ValueError(f"unknown reft adapter {name!r}: this server has {sorted(names)} (set {ENV} when starting "
-                         "vLLM)")
+    """Refuse a request whose adapter or composition is malformed or not served (vLLM's API answers 400)."""
+    entry = (getattr(sampling_params, "extra_args", None) or {}).get(REQUEST_KEY)
+    if entry is not None:
+        composition_of(entry, adapter_dirs())
 
 
 def edit_layer_output(output: tuple[torch.Tensor, torch.Tensor | None], items: list) -> tuple:
-    """``hidden_states[t] += δ(h[t])`` for the rows of each ``(intervention, rows)``, ``h = hidden_states +
+    """``hidden_states[t] += w·δ(h[t])`` for the rows of each ``(intervention, rows, w)``, ``h = hidden_states +
     residual`` (vLLM's block output); deltas all from the unedited h."""
     hidden, residual = output
-    rows = torch.cat([r for _, r in items]).to(hidden.device)
+    rows = torch.cat([r for _, r, _ in items]).to(hidden.device)
     h = hidden[rows] if residual is None else hidden[rows] + residual[rows]
     deltas, at = [], 0
-    for intervention, r in items:
-        deltas.append(intervention.delta(h[at:at + len(r)]))
+    for intervention, r, weight in items:
+        delta = intervention.delta(h[at:at + len(r)])
+        deltas.append(delta if weight == 1.0 else delta * weight)
         at += len(r)
     return hidden.index_put((rows,), torch.cat(deltas), accumulate=True), residual
 
@@ -193,10 +217,12 @@ def _check_eager(config) -> None:
 
 
 def _salted(cache_salt: str | None, sampling_params) -> str | None:
-    name = (getattr(sampling_params, "extra_args", None) or {}).get(REQUEST_KEY)
-    if name is None:
+    from ..model.compose import format_composition
+
+    entry = (getattr(sampling_params, "extra_args", None) or {}).get(REQUEST_KEY)
+    if entry is None or not _parsed(entry):
         return cache_salt
-    return f"reft:{name}" + (f"|{cache_salt}" if cache_salt else "")
+    return f"reft:{format_composition(_parsed(entry))}" + (f"|{cache_salt}" if cache_salt else "")
 
 
 _registered = False
@@ -245,7 +271,68 @@ def register() -> None:
             _state.plan = {}
 
     GPUModelRunner._model_forward = model_forward
+    _patch_openai_api()
     _registered = True
+
+
+def model_as_adapter(request, base_name: str, is_base) -> str | None:
+    """OpenAI ``model`` naming served adapters (``"a"``, ``"a+b"``) → ``vllm_xargs.reft_adapter``, ``model`` → the base
+    model's name (vLLM's answer names it). Returns ``None`` when the request may go on, else why not (an unknown
+    adapter; a different ``reft_adapter`` in ``vllm_xargs``)."""
+    entry = getattr(request, "model", None)
+    if not entry or is_base(entry):
+        return None
+    served = adapter_dirs()
+    try:
+        composition = _parsed(entry)
+    except ValueError:
+        return f"The model `{entry}` does not exist: name the base model {base_name!r}, a reft adapter of " \
+               f"{sorted(served)} or a composition of them such as 'a+b'"
+    unknown = [name for name, _ in composition if name not in served]
+    if unknown or not composition:
+        return f"The model `{entry}` does not exist: no reft adapter {unknown[0] if unknown else entry!r} is served " \
+               f"(adapters: {sorted(served)}; set {ENV} when starting vLLM)"
+    xargs = dict(request.vllm_xargs or {})
+    if xargs.get(REQUEST_KEY, entry) != entry:
+        return f"'model' names the reft adapter {entry!r} but vllm_xargs.{REQUEST_KEY} is {xargs[REQUEST_KEY]!r}: " \
+               "give one of them"
+    request.vllm_xargs = {**xargs, REQUEST_KEY: entry}
+    request.model = base_name
+    return None
+
+
+def _patch_openai_api() -> None:
+    """vLLM's OpenAI server: ``model`` may name an adapter or a composition; ``/v1/models`` lists the adapters."""
+    from http import HTTPStatus
+
+    from vllm.entrypoints.openai.models.serving import OpenAIModelRegistry
+    from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelPermission
+    from vllm.entrypoints.serve.engine.serving import BaseServing
+
+    original_check = BaseServing._check_model
+
+    async def check_model(self, request):
+        if getattr(request, "model", None) not in self.models.lora_requests:
+            problem = model_as_adapter(request, self.models.base_model_paths[0].name, self._is_model_supported)
+            if problem is not None:
+                found = "vllm_xargs" in problem  # the adapter exists: the request contradicts itself
+                return self.create_error_response(
+                    problem, err_type="BadRequestError" if found else "NotFoundError",
+                    status_code=HTTPStatus.BAD_REQUEST if found else HTTPStatus.NOT_FOUND, param="model")
+        return await original_check(self, request)
+
+    BaseServing._check_model = check_model
+
+    original_models = OpenAIModelRegistry.show_available_models
+
+    async def show_available_models(self):
+        listed = await original_models(self)
+        listed.data.extend(ModelCard(id=name, root=path, parent=self.base_model_paths[0].name,
+                                     max_model_len=self.model_config.max_model_len, permission=[ModelPermission()])
+                           for name, path in adapter_dirs().items())
+        return listed
+
+    OpenAIModelRegistry.show_available_models = show_available_models
 
 
 def _load_for(runner) -> ReftAdapters:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
+from decimal import Decimal
 
 BASE = "__base__"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
@@ -90,3 +91,14 @@ def parse_composition(entry: str | Sequence[tuple[str, float]] | None) -> Compos
     for name, weight in terms:
         total[name] = total.get(name, 0.0) + weight
     return tuple(sorted((n, w) for n, w in total.items() if w != 0.0))
+
+
+def format_composition(composition: Composition) -> str:
+    """The canonical text of a parsed composition: ``(("a", 0.5), ("b", 1.0))`` → ``"0.5*a+b"``, ``()`` →
+    ``"__base__"``; ``parse_composition`` of it gives it back."""
+    terms = []
+    for name, w in composition:
+        sign = "-" if w < 0 else ("+" if terms else "")
+        digits = format(Decimal(repr(abs(w))), "f").removesuffix(".0")  # shortest exact digits, no exponent
+        terms.append(f"{sign}{'' if abs(w) == 1 else digits + '*'}{name}")
+    return "".join(terms) or BASE

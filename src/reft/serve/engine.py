@@ -57,17 +57,6 @@ def _context_length(config) -> int | None:
     return None
 
 
-def spec_key(composition: Composition | None) -> str:
-    """A canonical text for a composition (``"0.5*a+b"``; ``"__base__"`` for the bare model), for logs and grouping."""
-    if not composition:
-        return BASE
-    terms = []
-    for name, w in composition:
-        sign = "-" if w < 0 else ("+" if terms else "")
-        terms.append(f"{sign}{'' if abs(w) == 1 else f'{abs(w):g}*'}{name}")
-    return "".join(terms)
-
-
 class Engine:
     """A frozen causal LM with named ReFT adapters, called by one thread (the scheduler's) at a time.
 
