@@ -139,6 +139,8 @@ def test_an_openai_model_naming_adapters_becomes_the_request_adapter(monkeypatch
         request = Request(model, {"other": 1})
         assert model_as_adapter(request, "base", is_base) is None
         assert (request.model, request.vllm_xargs) == ("base", {"other": 1, "reft_adapter": model})
+    request = Request("__base__")
+    assert model_as_adapter(request, "base", is_base) is None and (request.model, request.vllm_xargs) == ("base", None)
     request = Request("base", {"reft_adapter": "b"})
     assert model_as_adapter(request, "base", is_base) is None and request.vllm_xargs == {"reft_adapter": "b"}
     assert "no reft adapter 'zzz' is served (adapters: ['a', 'b']" in model_as_adapter(Request("a+zzz"), "base",

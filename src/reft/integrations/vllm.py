@@ -277,7 +277,7 @@ def register() -> None:
 
 def model_as_adapter(request, base_name: str, is_base) -> str | None:
     """OpenAI ``model`` naming served adapters (``"a"``, ``"a+b"``) → ``vllm_xargs.reft_adapter``, ``model`` → the base
-    model's name (vLLM's answer names it). Returns ``None`` when the request may go on, else why not (an unknown
+    model's name (vLLM's answer names it); ``"__base__"`` names the bare model, as in ``reft serve``. Returns ``None`` when the request may go on, else why not (an unknown
     adapter; a different ``reft_adapter`` in ``vllm_xargs``)."""
     entry = getattr(request, "model", None)
     if not entry or is_base(entry):
@@ -289,9 +289,12 @@ def model_as_adapter(request, base_name: str, is_base) -> str | None:
         return f"The model `{entry}` does not exist: name the base model {base_name!r}, a reft adapter of " \
                f"{sorted(served)} or a composition of them such as 'a+b'"
     unknown = [name for name, _ in composition if name not in served]
-    if unknown or not composition:
-        return f"The model `{entry}` does not exist: no reft adapter {unknown[0] if unknown else entry!r} is served " \
+    if unknown:
+        return f"The model `{entry}` does not exist: no reft adapter {unknown[0]!r} is served " \
                f"(adapters: {sorted(served)}; set {ENV} when starting vLLM)"
+    if not composition:  # "__base__" (as in `reft serve`), or weights that cancel
+        request.model = base_name
+        return None
     xargs = dict(request.vllm_xargs or {})
     if xargs.get(REQUEST_KEY, entry) != entry:
         return f"'model' names the reft adapter {entry!r} but vllm_xargs.{REQUEST_KEY} is {xargs[REQUEST_KEY]!r}: " \
