@@ -52,6 +52,7 @@ class Timer(transformers.TrainerCallback):
 def add_run_args(ap) -> None:
     """The options both sides take, with the benchmark's defaults (the same for both)."""
     ap.add_argument("--setting", choices="abc", required=True)
+    ap.add_argument("--shape", default="extraction", help="the task's shape (benchmarks/shapes.py)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)

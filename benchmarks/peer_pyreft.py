@@ -55,8 +55,8 @@ import transformers
 from pyreft.reft_trainer import make_dataloader
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "examples")]
-import extraction_task as task  # noqa: E402
 import model_cache  # noqa: E402
+import shapes  # noqa: E402
 from common import LAYERS, POSITIONS, RANK, Timer, add_run_args, emit, machine_load, time_generation, training_args  # noqa: E402
 
 NOTES = [
@@ -183,11 +183,11 @@ def main(argv=None):
     load_start = machine_load()
 
     model, tokenizer = model_cache.load()
+    task = shapes.task(args.shape)
     train, heldout = task.make_task(n_heldout=args.heldout)
     if args.limit_train:
         train = train[: args.limit_train]
-    if args.limit_heldout:
-        heldout = heldout[: args.limit_heldout]
+    heldout = heldout[: args.limit_heldout or task.heldout]
     prompts = [task.render(tokenizer, ex["prompt"]) for ex in train]
     responses = [ex["response"] for ex in train]
 
@@ -213,7 +213,8 @@ def main(argv=None):
     texts = [task.render(tokenizer, ex["prompt"]) for ex in heldout]
     n_ok, samples = 0, []
     for i in range(0, len(texts), args.gen_batch):
-        ids, _ = generate(reft_model, tokenizer, args.setting, n_int, texts[i : i + args.gen_batch], 32)
+        ids, _ = generate(reft_model, tokenizer, args.setting, n_int, texts[i : i + args.gen_batch],
+                          task.answer_tokens)
         for j, row in enumerate(ids):
             text = tokenizer.decode(row, skip_special_tokens=False)
             n_ok += task.exact_match(text, heldout[i + j]["response"])
@@ -231,6 +232,7 @@ def main(argv=None):
     n = len(train)
     result = {
         "peer": "pyreft",
+        "shape": args.shape,
         "setting": args.setting,
         "layers": LAYERS[args.setting],
         "positions": POSITIONS[args.setting],

@@ -25,7 +25,7 @@ import torch
 import transformers
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "examples")]
-import extraction_task as task  # noqa: E402
+import shapes  # noqa: E402
 from common import LAYERS, POSITIONS, RANK, Timer, add_run_args, emit, machine_load, time_generation, training_args  # noqa: E402
 
 from reft import ReftConfig, get_reft_model  # noqa: E402
@@ -103,14 +103,16 @@ def main(argv=None):
     t_start, load_start = time.perf_counter(), machine_load()
 
     model, tokenizer = load_model("smollm2")
+    task = shapes.task(args.shape)
     train, heldout = task.make_task(n_heldout=args.heldout)
     train = train[: args.limit_train] if args.limit_train else train
-    heldout = heldout[: args.limit_heldout] if args.limit_heldout else heldout
+    heldout = heldout[: args.limit_heldout or task.heldout]
     dataset = make_supervised_dataset(
         tokenizer, [task.render(tokenizer, e["prompt"]) for e in train], [e["response"] for e in train]
     )
     n_tokens = sum(len(e["input_ids"]) for e in dataset)
-    common = {"library": "reft", "setting": args.setting, "n_train": len(train), "train_tokens_per_epoch": n_tokens}
+    common = {"library": "reft", "shape": args.shape, "setting": args.setting, "n_train": len(train),
+              "train_tokens_per_epoch": n_tokens}
     if args.floor:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -144,7 +146,7 @@ def main(argv=None):
     texts = [task.render(tokenizer, e["prompt"]) for e in heldout]
     n_ok, samples = 0, []
     for i in range(0, len(texts), args.gen_batch):
-        kw = dict(max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        kw = dict(max_new_tokens=task.answer_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         enc = encode_prompts(tokenizer, texts[i : i + args.gen_batch])
         out = reft_model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **kw)
         for j, row in enumerate(out[:, enc["input_ids"].shape[1] :]):

@@ -3,10 +3,11 @@
     bash benchmarks/peer_env.sh          # once: the pyreft 0.1.0 + pyvene 0.1.8 virtualenv (benchmarks/.peer-venv)
     .venv/bin/python benchmarks/run.py   # or: make bench   [--settings abc] [--limit-train N]
 
-For each setting (a, b, c; see common.py) it runs pyreft (peer_pyreft.py in the peer venv) and reft (reft_side.py)
---repeats times each with seeds 42, 43, ..., alternating which library goes first so drift in the machine's speed
-hits both, then the frozen-model floor (reft_side.py --floor). It writes
-benchmarks/results/benchmark.json, benchmark.md (the table in the README) and benchmark.png (bar chart).
+For each task shape (extraction, short, long_prompt, long_response; see shapes.py) and setting (a, b, c; see
+common.py) it runs pyreft (peer_pyreft.py in the peer venv) and reft (reft_side.py) --repeats times each with seeds
+42, 43, ..., alternating which library goes first so drift in the machine's speed hits both, then the frozen-model
+floor (reft_side.py --floor). Results are keyed ``<setting>`` for the extraction shape, ``<shape>/<setting>``
+else. It writes benchmarks/results/benchmark.json, benchmark.md (the table in the README) and benchmark.png.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def table(results: dict) -> str:
         for lib in ("pyreft", "reft"):
             x = r[lib]
             g = x["generation"]
-            rows.append(f"| {s}: {DESCRIPTION[s]} | {lib} | {x['examples_per_s']:.2f} | {x['tokens_per_s']:.0f} | "
+            rows.append(f"| {s}: {DESCRIPTION[s.split('/')[-1]]} | {lib} | {x['examples_per_s']:.2f} | "
+                        f"{x['tokens_per_s']:.0f} | "
                         f"{_range(x, 'final_epoch_loss', '.4f')} | {_range(x, 'exact_match', '.1%')} | "
                         f"{x['peak_rss_mib']:.0f} | {g['batch16_ratio']:.3f} | {g['batch1_ratio']:.3f} |")
     rows += ["", "| setting | reft ÷ pyreft ex/s (target ≥ 2.0) | per repeat | per epoch | step ÷ floor, response "
@@ -167,6 +169,7 @@ def chart(results: dict, path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", default="abc")
+    ap.add_argument("--shapes", default="extraction,short,long_prompt,long_response")
     ap.add_argument("--limit-train", type=int, default=None)
     ap.add_argument("--limit-heldout", type=int, default=None, help="fewer held-out prompts (a quick smoke run)")
     ap.add_argument("--threads", type=int, default=2)
@@ -190,11 +193,13 @@ def main() -> int:
     reft_py = [sys.executable, str(HERE / "reft_side.py")]
     results = {"settings": {}, "threads": args.threads, "repeats": args.repeats, "machine_load_start": machine_load()}
     floors: set[Path] = set()
-    for s in args.settings:
+    for shape, s in [(shape, s) for shape in args.shapes.split(",") for s in args.settings]:
+        key = s if shape == "extraction" else f"{shape}/{s}"
+        tag = s if shape == "extraction" else f"{shape}_{s}"
         runs = {"pyreft": [], "reft": []}
         for rep in range(args.repeats):
-            seed = ["--seed", str(42 + rep)]
-            peer_out, reft_out = tmp / f"pyreft_{s}_r{rep}.json", tmp / f"reft_{s}_r{rep}.json"
+            seed = ["--seed", str(42 + rep), "--shape", shape]
+            peer_out, reft_out = tmp / f"pyreft_{tag}_r{rep}.json", tmp / f"reft_{tag}_r{rep}.json"
             jobs = {"pyreft": ([str(PEER_PY), str(HERE / "peer_pyreft.py"), "--setting", s, "--out", str(peer_out)]
                                + seed + extra, peer_out),
                     "reft": (reft_py + ["--setting", s, "--out", str(reft_out)] + seed + extra, reft_out)}
@@ -202,18 +207,18 @@ def main() -> int:
                 runs[lib].append(run(*jobs[lib], args.reuse))
         peer, reft = aggregate(runs["pyreft"]), aggregate(runs["reft"])
         # the floor depends only on the lowest intervened layer: settings b and c share it (within this invocation)
-        floor_file = tmp / f"floor_layer{min(LAYERS[s])}.json"
-        fl = run(reft_py + ["--setting", s, "--floor", "--out", str(floor_file)] + extra, floor_file,
-                 args.reuse or floor_file in floors)
+        floor_file = tmp / f"floor_{shape}_layer{min(LAYERS[s])}.json"
+        fl = run(reft_py + ["--setting", s, "--shape", shape, "--floor", "--out", str(floor_file)] + extra,
+                 floor_file, args.reuse or floor_file in floors)
         floors.add(floor_file)
-        results["settings"][s] = {"pyreft": peer, "reft": reft, "floor": fl, "ratios": ratios(reft, peer, fl)}
+        results["settings"][key] = {"pyreft": peer, "reft": reft, "floor": fl, "ratios": ratios(reft, peer, fl)}
         first_reft, first_peer = runs["reft"][0], runs["pyreft"][0]
         results |= {"n_train": first_reft["n_train"], "n_heldout": first_reft["n_heldout"],
                     "versions": {"reft": first_reft["versions"]["reft"], "pyreft": first_peer["versions"]["pyreft"],
                                  "pyvene": first_peer["versions"]["pyvene"], "torch": first_reft["versions"]["torch"],
                                  "transformers (reft)": first_reft["versions"]["transformers"],
                                  "transformers (pyreft)": first_peer["versions"]["transformers"]}}
-        print(json.dumps({s: results["settings"][s]["ratios"]}, indent=2), flush=True)
+        print(json.dumps({key: results["settings"][key]["ratios"]}, indent=2), flush=True)
     results["machine_load_end"] = machine_load()
     (out / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "benchmark.md").write_text(table(results))
