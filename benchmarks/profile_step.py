@@ -6,7 +6,8 @@
 Trains as the benchmark's side does (same task, batch, lr, order; no held-out generation) and reports the training's
 wall time split into phases — ``compute_loss`` (forward + loss), backward, optimizer step, batch collation, and the
 rest (Trainer bookkeeping) — timed around those calls, then (``--ops``, a second run under ``torch.profiler``) the
-top operators by self CPU time. Writes ``--profile-out`` (default ``runs/profile/<library>_<shape>_<setting>.json``).
+top operators by self CPU time. Writes ``--profile-out`` (default
+``benchmarks/results/profile/<library>_<shape>_<setting>.json``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from importlib import import_module
 from pathlib import Path
 
 import torch
@@ -32,10 +34,10 @@ def main() -> int:
     from common import add_run_args
 
     add_run_args(ap)
-    args, _ = ap.parse_known_args()
+    args, _ = ap.parse_known_args([*sys.argv[1:], "--out", "/dev/null"])
     torch.set_num_threads(args.threads)
     library = "pyreft" if args.peer else "reft"
-    out = Path(args.profile_out or f"runs/profile/{library}_{args.shape}_{args.setting}.json")
+    out = Path(args.profile_out or HERE / "results" / "profile" / f"{library}_{args.shape}_{args.setting}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     side = __import__("peer_pyreft" if args.peer else "reft_side")
 
@@ -57,9 +59,14 @@ def main() -> int:
         self.accelerator.backward = timed("backward", self.accelerator.backward)
         self.data_collator = timed("collate", self.data_collator)
         step: dict = {}
-        torch.optim.optimizer.register_optimizer_step_pre_hook(lambda *_: step.update(t=time.perf_counter()))
-        torch.optim.optimizer.register_optimizer_step_post_hook(
+        optim = import_module("torch.optim.optimizer")  # the module (torch.optim.optimizer is the class's name)
+        optim.register_optimizer_step_pre_hook(lambda *_: step.update(t=time.perf_counter()))
+        optim.register_optimizer_step_post_hook(
             lambda *_: phases.__setitem__("optimizer", phases["optimizer"] + time.perf_counter() - step["t"]))
+        from common import Timer
+
+        timer = Timer()
+        self.add_callback(timer)
         t0 = time.perf_counter()
         if args.ops:
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -68,9 +75,11 @@ def main() -> int:
             original(self, *a, **k)
         wall = time.perf_counter() - t0
         report = {"library": library, "shape": args.shape, "setting": args.setting, "train_wall_s": wall,
-                  "phases_s": phases | {"rest": wall - sum(phases.values())}, "steps": self.state.global_step}
+                  "phases_s": phases | {"rest": wall - sum(phases.values())}, "steps": self.state.global_step,
+                  "epoch_s": timer.epoch_s}
         print(f"{library} {args.shape}/{args.setting}: train {wall:.1f} s over {self.state.global_step} steps; "
-              + ", ".join(f"{k} {v:.1f} s ({v / wall:.0%})" for k, v in report["phases_s"].items()))
+              + ", ".join(f"{k} {v:.1f} s ({v / wall:.0%})" for k, v in report["phases_s"].items())
+              + "; epochs " + " / ".join(f"{t:.1f} s" for t in timer.epoch_s))
         if args.ops:
             events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:args.top]
             report["top_self_cpu"] = [{"op": e.key, "self_cpu_s": e.self_cpu_time_total / 1e6, "calls": e.count}

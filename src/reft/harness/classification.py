@@ -146,16 +146,17 @@ def predict_classification(model: nn.Module, tokenizer, examples: Sequence[Examp
     was_training = model.training
     model.eval()
     preds: list = [None] * len(rows)
-    try:
-        for start in tqdm(range(0, len(order), batch_size), desc="classify", disable=not progress, leave=False):
-            idx = order[start:start + batch_size]
-            batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
-            logits = model(**batch).logits.float()
-            values = logits.squeeze(-1).tolist() if num_labels == 1 else logits.argmax(-1).tolist()
-            for i, v in zip(idx, values):
-                preds[i] = v
-    finally:
-        model.train(was_training)
+    with torch.no_grad():  # no autograd graph: the interventions and head require grad while training
+        try:
+            for start in tqdm(range(0, len(order), batch_size), desc="classify", disable=not progress, leave=False):
+                idx = order[start:start + batch_size]
+                batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
+                logits = model(**batch).logits.float()
+                values = logits.squeeze(-1).tolist() if num_labels == 1 else logits.argmax(-1).tolist()
+                for i, v in zip(idx, values):
+                    preds[i] = v
+        finally:
+            model.train(was_training)
     return preds
 
 
