@@ -69,7 +69,7 @@ def main() -> int:
         self.add_callback(timer)
         t0 = time.perf_counter()
         if args.ops:
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as prof:
                 original(self, *a, **k)
         else:
             original(self, *a, **k)
@@ -82,10 +82,11 @@ def main() -> int:
               + "; epochs " + " / ".join(f"{t:.1f} s" for t in timer.epoch_s))
         if args.ops:
             events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:args.top]
-            report["top_self_cpu"] = [{"op": e.key, "self_cpu_s": e.self_cpu_time_total / 1e6, "calls": e.count}
-                                      for e in events]
+            report["top_self_cpu"] = [{"op": e.key, "self_cpu_s": e.self_cpu_time_total / 1e6, "calls": e.count,
+                                       "gflop": e.flops / 1e9} for e in events]
             for r in report["top_self_cpu"]:
-                print(f"  {r['self_cpu_s']:8.2f} s {r['calls']:7d}  {r['op']}")
+                rate = f"  {r['gflop'] / r['self_cpu_s']:6.1f} GFLOP/s" if r["gflop"] else ""
+                print(f"  {r['self_cpu_s']:8.2f} s {r['calls']:7d}  {r['gflop']:8.1f} GFLOP{rate}  {r['op']}")
         out.write_text(json.dumps(report, indent=1) + "\n")
         raise SystemExit(0)  # skip generation
 
