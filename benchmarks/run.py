@@ -138,7 +138,8 @@ def table(results: dict) -> str:
     v = results["versions"]
     rows += ["", f"SmolLM2-135M-Instruct fp32, CPU, {results['threads']} threads, batch 8, lr 4e-3, 2 epochs, "
              f"{results['n_train']} training / {results['n_heldout']} held-out examples; {n} repeat(s) per library "
-             "and setting (seeds 42, 43, …), libraries alternating. Speed, RSS and generation ratios: medians over "
+             f"and setting (other shapes: {results.get('shape_repeats', n)}; seeds 42, 43, …), libraries alternating. "
+             "Speed, RSS and generation ratios: medians over "
              "repeats (generation: best of 5 batched calls per run); loss and EM: means. Versions: "
              + ", ".join(f"{k} {x}" for k, x in v.items()) + "."]
     return "\n".join(rows) + "\n"
@@ -174,7 +175,11 @@ def main() -> int:
     ap.add_argument("--limit-heldout", type=int, default=None, help="fewer held-out prompts (a quick smoke run)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=6,
-                    help="runs per library and setting (seeds 42, 43, ...); 6 take about 2 hours on 2 CPU cores")
+                    help="runs per library and setting of the extraction shape (seeds 42, 43, ...); 6 take about 2 "
+                         "hours on 2 CPU cores")
+    ap.add_argument("--shape-repeats", type=int, default=2,
+                    help="runs per library and setting of the other shapes (default: %(default)s; about 25 min for "
+                         "short, 2 hours each for long_prompt and long_response here)")
     ap.add_argument("--out", default=str(OUT), help="results folder (default: %(default)s)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep runs already in benchmarks/results/raw (e.g. to finish an interrupted benchmark)")
@@ -191,13 +196,14 @@ def main() -> int:
         if getattr(args, opt):
             extra += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     reft_py = [sys.executable, str(HERE / "reft_side.py")]
-    results = {"settings": {}, "threads": args.threads, "repeats": args.repeats, "machine_load_start": machine_load()}
+    results = {"settings": {}, "threads": args.threads, "repeats": args.repeats, "shape_repeats": args.shape_repeats,
+               "machine_load_start": machine_load()}
     floors: set[Path] = set()
     for shape, s in [(shape, s) for shape in args.shapes.split(",") for s in args.settings]:
         key = s if shape == "extraction" else f"{shape}/{s}"
         tag = s if shape == "extraction" else f"{shape}_{s}"
         runs = {"pyreft": [], "reft": []}
-        for rep in range(args.repeats):
+        for rep in range(args.repeats if shape == "extraction" else args.shape_repeats):
             seed = ["--seed", str(42 + rep), "--shape", shape]
             peer_out, reft_out = tmp / f"pyreft_{tag}_r{rep}.json", tmp / f"reft_{tag}_r{rep}.json"
             jobs = {"pyreft": ([str(PEER_PY), str(HERE / "peer_pyreft.py"), "--setting", s, "--out", str(peer_out)]

@@ -277,8 +277,8 @@ def register() -> None:
 
 def model_as_adapter(request, base_name: str, is_base) -> str | None:
     """OpenAI ``model`` naming served adapters (``"a"``, ``"a+b"``) → ``vllm_xargs.reft_adapter``, ``model`` → the base
-    model's name (vLLM's answer names it); ``"__base__"`` names the bare model, as in ``reft serve``. Returns ``None`` when the request may go on, else why not (an unknown
-    adapter; a different ``reft_adapter`` in ``vllm_xargs``)."""
+    model's name (vLLM's answer names it); ``"__base__"`` names the bare model, as in ``reft serve``. Returns ``None``
+    when the request may go on, else why not (an unknown adapter; a different ``reft_adapter`` in ``vllm_xargs``)."""
     entry = getattr(request, "model", None)
     if not entry or is_base(entry):
         return None
