@@ -15,6 +15,7 @@ from reft.integrations.vllm import (
     adapter_dirs,
     check_request,
     edit_layer_output,
+    edit_output,
     model_as_adapter,
 )
 
@@ -51,9 +52,10 @@ def test_each_prompt_position_is_edited_once_whatever_the_chunking(adapter_dir, 
     model = adapters.adapters["a"].adapter
     positions = prompt_positions(torch.ones(1, n, dtype=torch.long), None, "f3+l2")[0]
     for layer in (1, 2):
+        key = (layer, "block_output")
         want = [(id(model.interventions[f"layer{layer}_first"]), int(p)) for p in positions[:3] if p >= 0]
         want += [(id(model.interventions[f"layer{layer}_last"]), int(p)) for p in positions[3:] if p >= 0]
-        assert sorted(seen.get(layer, [])) == sorted(want)
+        assert sorted(seen.get(key, [])) == sorted(want)
 
 
 def test_the_edit_is_phi_of_the_block_output_summed_where_positions_meet():
@@ -104,13 +106,26 @@ def test_requests_are_checked_and_salted_by_adapter(monkeypatch, adapter_dir):
         adapter_dirs()
 
 
-def test_an_adapter_of_another_model_or_component_is_refused(tmp_path, adapter_dir):
+def test_an_adapter_of_another_model_is_refused_and_every_component_is_planned_at_its_own_site(tmp_path, adapter_dir):
     with pytest.raises(ValueError, match="hidden size 32 and 4 layers; vLLM serves 64 and 4"):
         ReftAdapters({"a": str(adapter_dir)}, 64, 4)
     model, _ = tiny_causal_lm()
     get_reft_model(model, ReftConfig(layers="1", positions="l1", component="mlp_output")).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="edits block_output only"):
-        ReftAdapters({"m": str(tmp_path)}, 32, 4)
+    adapters = ReftAdapters({"m": str(tmp_path), "a": str(adapter_dir)}, 32, 4)
+    assert sorted(adapters.plan([("m+a", 5, 0, 0, 5)])) == [(1, "block_output"), (1, "mlp_output"),
+                                                             (2, "block_output")]
+
+
+def test_a_sub_module_output_is_edited_from_itself():
+    torch.manual_seed(1)
+    out, one = torch.randn(5, 16), LoReFT(16, 2)
+    for p in one.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    got = edit_output(out.clone(), [(one, torch.tensor([0, 4]), 2.0)])
+    want = out.clone()
+    want[[0, 4]] += 2.0 * one.delta(out[[0, 4]])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert torch.equal(got[1:4], out[1:4])
 
 
 def test_a_composition_plans_each_adapter_at_its_positions_with_its_weight(adapter_dir, tmp_path):
@@ -120,11 +135,13 @@ def test_a_composition_plans_each_adapter_at_its_positions_with_its_weight(adapt
     n = 6
     both = adapters.plan([("0.5*a-b", n, 0, 3, n)])
     a, b = adapters.plan([("a", n, 0, 3, n)]), adapters.plan([("b", n, 0, 3, n)])
-    assert sorted(both) == [1, 2]
+    one, two = (1, "block_output"), (2, "block_output")
+    assert sorted(both) == [one, two]
     key = lambda items: sorted((id(i), r.tolist()) for i, r, _ in items)  # noqa: E731
-    assert key(both[1]) == key(a[1]) and key(both[2]) == key(a[2] + b[2])
-    weights = {id(i): w for i, _, w in both[2]}
-    assert [weights[id(i)] for i, _, _ in a[2]] == [0.5] * len(a[2]) and [weights[id(i)] for i, _, _ in b[2]] == [-1.0]
+    assert key(both[one]) == key(a[one]) and key(both[two]) == key(a[two] + b[two])
+    weights = {id(i): w for i, _, w in both[two]}
+    assert [weights[id(i)] for i, _, _ in a[two]] == [0.5] * len(a[two])
+    assert [weights[id(i)] for i, _, _ in b[two]] == [-1.0]
     assert adapters.plan([("a-a", n, 0, 0, n)]) == {}
 
 

@@ -13,7 +13,10 @@ from reft.model.compose import parse_composition
 
 ADAPTERS = {"a": dict(layers="1;2", positions="f2+l2"), "b": dict(layers="0;3", positions="l3"),
             "c": dict(layers="2", positions="f1+l1", tied=False),
-            "d": dict(layers="0;1;2", positions="f8")}  # edits inside the first cached block only
+            "d": dict(layers="0;1;2", positions="f8"),  # edits inside the first cached block only
+            "i": dict(layers="1;2", positions="f2+l2", component="block_input"),
+            "m": dict(layers="0;3", positions="l3", component="mlp_output"),
+            "s": dict(layers="2", positions="f1+l2", component="attention_output", tied=False)}
 N = 12
 PROMPTS = ["the quick brown fox", "hello there, how are you today?", "ab",
            "a much longer prompt that goes on and on, past three blocks of the KV cache, to the end"]

@@ -43,7 +43,7 @@ def generate(world, prompts: list[str], names: list[str | None]) -> list[list[in
 
 
 def test_a_mixed_batch_equals_each_request_alone(world):
-    names = ["a", None, "b", "a", "c", None, "c"]
+    names = ["a", None, "b", "a", "c", None, "c", "i", "m", "s"]  # i, m, s: block_input, mlp, attention outputs
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(names))]
     got = generate(world, prompts, names)
     for tokens, prompt, name in zip(got, prompts, names):
@@ -55,7 +55,7 @@ def test_a_mixed_batch_equals_each_request_alone(world):
 def test_compositions_mixed_with_single_adapters_equal_reft_model(world):
     """``a+b`` (disjoint layers), ``a+c`` (both at layer 2, overlapping positions: deltas summed from one h),
     weighted and negated terms, ``a-a`` (= bare), beside single adapters in one batch."""
-    names = ["a+b", "a", "0.5*a-2*c", "b", "a+c", None, "-d", "a-a"]
+    names = ["a+b", "a", "0.5*a-2*c", "b", "a+c", None, "-d", "a-a", "i+m", "s", "0.5*i-s"]
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(names))]
     got = generate(world, prompts, names)
     for tokens, prompt, name in zip(got, prompts, names):
@@ -89,7 +89,7 @@ def test_an_unknown_adapter_is_refused_and_the_engine_keeps_serving(world):
     from vllm.exceptions import VLLMValidationError  # what vLLM's API turns into a 400
 
     with pytest.raises(VLLMValidationError,
-                       match=r"unknown reft adapter 'zzz': this server has \['a', 'b', 'c', 'd'\]"):
+                       match=r"unknown reft adapter 'zzz': this server has \['a', 'b', 'c', 'd', 'i', 'm', 's'\]"):
         generate(world, ["hi"], ["zzz"])
     with pytest.raises(VLLMValidationError, match=r"unknown reft adapter 'zzz'"):
         generate(world, ["hi"], ["a+zzz"])

@@ -17,15 +17,16 @@ tokens (:func:`reft.positions.prompt_positions`: ``f7+l7``, the ⌊n/2⌋ rule, 
 mapped to rows of the stream. After decoder layer l, whose output vLLM keeps as ``(hidden_states, residual)`` with
 the block output ``h = hidden_states + residual``, each such row gets ``hidden_states[t] += w·δ(h[t])`` (w = the
 adapter's weight in the composition; all deltas from the unedited h, summed where positions coincide, as
-:mod:`reft.model.hooks` does). Decode tokens are never
+:mod:`reft.model.hooks` does). ``block_input`` edits the layer's input pair the same way (a pre-hook);
+``attention_output`` / ``mlp_output`` the ``[T, d]`` output of its ``self_attn`` / ``mlp``. Decode tokens are never
 edited: they see the edit through the KV cache, as in ``ReftModel.generate``.
 
 Prefix caching: a request with an adapter gets the cache salt ``reft:<composition>`` (its canonical text, joined
 to any salt it has), so KV blocks computed under another adapter or none are never reused for it.
 
-Limits: ``block_output`` interventions only; decoder models whose
-layers return ``(hidden_states, residual)`` (Llama, Mistral, Qwen2, …); eager execution (``enforce_eager=True``
-and ``compilation_config=0``: the edit runs Python per step), checked when the model loads.
+Limits: decoder models whose layers take ``(positions, hidden_states, residual)``, return ``(hidden_states,
+residual)`` and have ``self_attn`` / ``mlp`` children (Llama, Mistral, Qwen2, …); eager execution
+(``enforce_eager=True`` and ``compilation_config=0``: the edit runs Python per step), checked when the model loads.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ _state = threading.local()  # .plan: {layer: [(intervention, rows)]} for the ste
 @dataclass
 class _Loaded:
     adapter: nn.Module  # reft.model.adapter.Adapter
-    parts: list[tuple[int, nn.Module, slice, str, str]]  # (layer, intervention, slot, positions, rule)
+    parts: list[tuple[tuple[int, str], nn.Module, slice, str, str]]  # ((layer, component), Φ, slot, positions, rule)
 
 
 class ReftAdapters:
@@ -72,11 +73,8 @@ class ReftAdapters:
             adapter.eval().requires_grad_(False)
             parts = []
             for j, spec in enumerate(config.specs):
-                if spec.component != "block_output":
-                    raise ValueError(f"reft adapter {name!r}: the vLLM plugin edits block_output only, this "
-                                     f"adapter edits {spec.component}; serve it with `reft serve`")
                 for layer in parse_layers(spec.layers, num_layers):
-                    parts += [(layer, iv, slot, spec.positions, spec.position_rule)
+                    parts += [((layer, spec.component), iv, slot, spec.positions, spec.position_rule)
                               for iv, slot in adapter.parts(j, layer)]
             self.adapters[name] = _Loaded(adapter, parts)
 
@@ -93,21 +91,21 @@ class ReftAdapters:
             self._positions[key] = prompt_positions(torch.ones(1, n, dtype=torch.long), None, spec, rule)[0]
         return self._positions[key]
 
-    def plan(self, requests: list[tuple[str | None, int, int, int, int]]) -> dict[int, list]:
-        """``{layer: [(intervention, rows, weight)]}`` for one step; ``requests`` as :func:`step_requests` gives
-        them: ``(adapter or composition, prompt length n, tokens computed before c, the request's first row in the
-        stream, its k scheduled tokens)``. A position p of an adapter is edited now iff ``c ≤ p < c + k``, at row
-        ``first + p − c``."""
+    def plan(self, requests: list[tuple[str | None, int, int, int, int]]) -> dict[tuple[int, str], list]:
+        """``{(layer, component): [(intervention, rows, weight)]}`` for one step; ``requests`` as
+        :func:`step_requests` gives them: ``(adapter or composition, prompt length n, tokens computed before c, the
+        request's first row in the stream, its k scheduled tokens)``. A position p of an adapter is edited now iff
+        ``c ≤ p < c + k``, at row ``first + p − c``."""
         plan: dict[int, list] = {}
         for entry, n, computed, start_row, count in requests:
             if entry is None or computed >= n:
                 continue
             for name, weight in composition_of(entry, self.adapters):
-                for layer, intervention, slot, spec, rule in self.adapters[name].parts:
+                for key, intervention, slot, spec, rule in self.adapters[name].parts:
                     pos = self.positions(n, spec, rule)[slot]
                     pos = pos[(pos >= computed) & (pos < computed + count)]
                     if pos.numel():
-                        plan.setdefault(layer, []).append((intervention, start_row + pos - computed, weight))
+                        plan.setdefault(key, []).append((intervention, start_row + pos - computed, weight))
         return plan
 
 
@@ -152,18 +150,30 @@ def check_request(sampling_params) -> None:
         composition_of(entry, adapter_dirs())
 
 
-def edit_layer_output(output: tuple[torch.Tensor, torch.Tensor | None], items: list) -> tuple:
-    """``hidden_states[t] += w·δ(h[t])`` for the rows of each ``(intervention, rows, w)``, ``h = hidden_states +
-    residual`` (vLLM's block output); deltas all from the unedited h."""
-    hidden, residual = output
-    rows = torch.cat([r for _, r, _ in items]).to(hidden.device)
-    h = hidden[rows] if residual is None else hidden[rows] + residual[rows]
+def _edited(x: torch.Tensor, items: list, read) -> torch.Tensor:
+    """``x`` with ``x[t] += Σ w·δ(h[t])`` over the rows of each ``(intervention, rows, w)``; ``read(rows)`` gives
+    ``h[rows]`` (deltas all from the unedited h)."""
+    rows = torch.cat([r for _, r, _ in items]).to(x.device)
+    h = read(rows)
     deltas, at = [], 0
     for intervention, r, weight in items:
         delta = intervention.delta(h[at:at + len(r)])
         deltas.append(delta if weight == 1.0 else delta * weight)
         at += len(r)
-    return hidden.index_put((rows,), torch.cat(deltas), accumulate=True), residual
+    return x.index_put((rows,), torch.cat(deltas), accumulate=True)
+
+
+def edit_layer_output(output: tuple[torch.Tensor, torch.Tensor | None], items: list) -> tuple:
+    """A decoder layer's ``(hidden_states, residual)`` (its output, or its input for ``block_input``), whose sum is
+    the block's representation ``h``: ``hidden_states[t] += w·δ(h[t])`` at the rows of each item."""
+    hidden, residual = output
+    read = (lambda r: hidden[r]) if residual is None else (lambda r: hidden[r] + residual[r])
+    return _edited(hidden, items, read), residual
+
+
+def edit_output(output: torch.Tensor, items: list) -> torch.Tensor:
+    """A sub-module's ``[T, d]`` output (``attention_output``, ``mlp_output``): ``output[t] += w·δ(output[t])``."""
+    return _edited(output, items, lambda r: output[r])
 
 
 def _decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -176,19 +186,39 @@ def _decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def attach(model: nn.Module, adapters: ReftAdapters) -> list:
-    """Forward hooks on every decoder layer that has a part of some adapter; returns their handles."""
+    """Hooks where some adapter has a part: a decoder layer's output (``block_output``) or input (``block_input``),
+    its attention or MLP sub-module's output; returns their handles."""
+    from ..model.layers import component_module
+
     handles = []
     layers = _decoder_layers(model)
-    wanted = {layer for a in adapters.adapters.values() for layer, *_ in a.parts}
-    for index, layer in enumerate(layers):
-        if index not in wanted:
-            continue
+    wanted = sorted({key for a in adapters.adapters.values() for key, *_ in a.parts})
+    for key in wanted:
+        index, component = key
+        if index >= len(layers):
+            raise ValueError(f"a reft adapter edits layer {index}; this model has {len(layers)} layers")
+        module = component_module(layers[index], component)
 
-        def hook(module, args, output, index=index):
-            items = getattr(_state, "plan", {}).get(index)
-            return edit_layer_output(output, items) if items else None
+        def items(key=key):
+            return getattr(_state, "plan", {}).get(key)
 
-        handles.append(layer.register_forward_hook(hook))
+        if component == "block_input":  # vLLM calls layer(positions, hidden_states, residual, ...)
+            def pre_hook(module, args, items=items):
+                found = items()
+                if not found:
+                    return None
+                hidden, residual = edit_layer_output((args[1], args[2]), found)
+                return (args[0], hidden, residual, *args[3:])
+
+            handles.append(module.register_forward_pre_hook(pre_hook))
+        else:
+            edit = edit_layer_output if component == "block_output" else edit_output
+
+            def hook(module, args, output, items=items, edit=edit):
+                found = items()
+                return edit(output, found) if found else None
+
+            handles.append(module.register_forward_hook(hook))
     model._reft_adapters = adapters
     return handles
 
