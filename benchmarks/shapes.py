@@ -53,10 +53,6 @@ LETTER = ("Dear {name},\n\nThank you for registering with our community service.
           "With kind regards,\nThe {city} community office")
 
 
-def _default_render(tokenizer, prompt: str) -> str:
-    return base.render(tokenizer, prompt)
-
-
 def _short_render(tokenizer, prompt: str) -> str:
     turns = [{"role": "system", "content": SHORT_SYSTEM}, {"role": "user", "content": prompt}]
     return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
@@ -93,7 +89,7 @@ def task(shape: str) -> SimpleNamespace:
         rng = random.Random(seed + 1)
         return _reshape(train, shape, rng), _reshape(heldout, shape, rng)
 
-    render = _default_render if shape in ("extraction", "long_prompt") else _short_render
+    render = base.render if shape in ("extraction", "long_prompt") else _short_render
     long = shape in ("long_prompt", "long_response")
     # held-out answers are generated up to the longest response (+ EOS and slack); long shapes score 64 of them
     return SimpleNamespace(make_task=make_task, render=render, exact_match=base.exact_match, EOS=base.EOS,

@@ -43,7 +43,7 @@ from torch import nn
 log = logging.getLogger("reft.vllm")
 ENV = "REFT_VLLM_ADAPTERS"
 REQUEST_KEY = "reft_adapter"
-_state = threading.local()  # .plan: {layer: [(intervention, rows)]} for the step being run
+_state = threading.local()  # .plan: {(layer, component): [(intervention, rows, weight)]} for the step being run
 
 
 @dataclass
@@ -96,7 +96,7 @@ class ReftAdapters:
         :func:`step_requests` gives them: ``(adapter or composition, prompt length n, tokens computed before c, the
         request's first row in the stream, its k scheduled tokens)``. A position p of an adapter is edited now iff
         ``c ≤ p < c + k``, at row ``first + p − c``."""
-        plan: dict[int, list] = {}
+        plan: dict[tuple[int, str], list] = {}
         for entry, n, computed, start_row, count in requests:
             if entry is None or computed >= n:
                 continue
@@ -136,11 +136,16 @@ def composition_of(entry: object, served) -> tuple[tuple[str, float], ...]:
     if not isinstance(entry, str):
         raise ValueError(f"{REQUEST_KEY} must be an adapter name or a composition such as 'a+b', got {entry!r}")
     composition = _parsed(entry)
-    unknown = [name for name, _ in composition if name not in served]
-    if unknown:
-        raise ValueError(f"unknown reft adapter {unknown[0]!r}: this server has {sorted(served)} (set {ENV} when "
+    unknown = _unknown(composition, served)
+    if unknown is not None:
+        raise ValueError(f"unknown reft adapter {unknown!r}: this server has {sorted(served)} (set {ENV} when "
                          "starting vLLM)")
     return composition
+
+
+def _unknown(composition: tuple[tuple[str, float], ...], served) -> str | None:
+    """The first adapter of ``composition`` that is not in ``served`` (``None``: all are)."""
+    return next((name for name, _ in composition if name not in served), None)
 
 
 def check_request(sampling_params) -> None:
@@ -194,9 +199,7 @@ def attach(model: nn.Module, adapters: ReftAdapters) -> list:
     layers = _decoder_layers(model)
     wanted = sorted({key for a in adapters.adapters.values() for key, *_ in a.parts})
     for key in wanted:
-        index, component = key
-        if index >= len(layers):
-            raise ValueError(f"a reft adapter edits layer {index}; this model has {len(layers)} layers")
+        index, component = key  # in range: ReftAdapters checked the adapters' depth against the model's
         module = component_module(layers[index], component)
 
         def items(key=key):
@@ -250,9 +253,10 @@ def _salted(cache_salt: str | None, sampling_params) -> str | None:
     from ..model.compose import format_composition
 
     entry = (getattr(sampling_params, "extra_args", None) or {}).get(REQUEST_KEY)
-    if entry is None or not _parsed(entry):
+    composition = _parsed(entry) if entry is not None else ()
+    if not composition:
         return cache_salt
-    return f"reft:{format_composition(_parsed(entry))}" + (f"|{cache_salt}" if cache_salt else "")
+    return f"reft:{format_composition(composition)}" + (f"|{cache_salt}" if cache_salt else "")
 
 
 _registered = False
@@ -318,9 +322,9 @@ def model_as_adapter(request, base_name: str, is_base) -> str | None:
     except ValueError:
         return f"The model `{entry}` does not exist: name the base model {base_name!r}, a reft adapter of " \
                f"{sorted(served)} or a composition of them such as 'a+b'"
-    unknown = [name for name, _ in composition if name not in served]
-    if unknown:
-        return f"The model `{entry}` does not exist: no reft adapter {unknown[0]!r} is served " \
+    unknown = _unknown(composition, served)
+    if unknown is not None:
+        return f"The model `{entry}` does not exist: no reft adapter {unknown!r} is served " \
                f"(adapters: {sorted(served)}; set {ENV} when starting vLLM)"
     if not composition:  # "__base__" (as in `reft serve`), or weights that cancel
         request.model = base_name
