@@ -181,8 +181,8 @@ class ReftTrainerMixin:
     * every checkpoint holds the run's fingerprint (``reft_run.json``: adapter config, data, the arguments that
       shape training, :meth:`run_fingerprint`); resuming from a checkpoint of another run stops with the
       differences named;
-    * the model's frozen-block cache (``ReftModel.frozen_cache``, filled in epoch 1, reused after) is emptied when
-      ``train`` returns, so its memory goes back;
+    * the model's frozen-block cache (``ReftModel.frozen_cache``, filled in epoch 1, reused after) and its prefix
+      cache (``ReftModel.prefix_cache``) are emptied when ``train`` returns, so their memory goes back;
     * weight decay skips the X of ``rotation="householder"`` (:data:`NO_DECAY`, see
       :class:`reft.interventions.orthogonal.HouseholderBasis`): decaying it would zero R.
     """
@@ -235,9 +235,10 @@ class ReftTrainerMixin:
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
-            cache = getattr(self._unwrapped(), "frozen_cache", None)
-            if cache is not None:
-                cache.clear()
+            for name in ("frozen_cache", "prefix_cache"):
+                cache = getattr(self._unwrapped(), name, None)
+                if cache is not None:
+                    cache.clear()
 
     # ---- checks ----------------------------------------------------------------------------------------------
     def _check_train_data(self, dataset) -> None:

@@ -7,7 +7,8 @@ Attention is causal, so a token's hidden states depend only on the tokens up to 
   at the same positions, is the same computation in every row: it runs once. When it holds edits (and the model
   uses SDPA) it is an extra row of the same forward whose keys/values every other row attends to
   (:mod:`reft.fast.attention`); otherwise it runs first, for one row, and its KV cache is repeated for the batch
-  (gradients flow back through the repeat);
+  (gradients flow back through the repeat); an unedited one is computed once across batches
+  (:mod:`reft.fast.prefix_cache`);
 * tokens before the first edited position ``c`` are the frozen model's computation: they run without autograd, so
   backward stops at ``c``;
 * blocks below the lowest edited layer run once per example across epochs (:mod:`reft.fast.frozen_cache`).
@@ -28,6 +29,7 @@ from ..model.hooks import InterventionContext, Plan, map_plan
 from .attention import shared_prefix_attention, shared_prefix_mask, supports_shared_prefix
 from .frozen_cache import FrozenBatch
 from .loss import linear_cross_entropy
+from .prefix_cache import PrefixCache
 
 
 def _prefix_edits(positions: torch.Tensor, shared: int) -> torch.Tensor:
@@ -51,7 +53,8 @@ def _finish(frozen: FrozenBatch | None, shared: int) -> None:
 
 
 def lm_loss(lm, ctx: InterventionContext, plan: Plan, input_ids, attention_mask, labels, num_items_in_batch=None, *,
-            cache_key: str, chunk: bool = True, frozen: FrozenBatch | None = None) -> CausalLMOutputWithPast:
+            cache_key: str, chunk: bool = True, frozen: FrozenBatch | None = None,
+            prefixes: PrefixCache | None = None) -> CausalLMOutputWithPast:
     """``Σ CE / num_items_in_batch`` over the label tokens (``labels`` shifted inside), ``logits=None``.
 
     Args:
@@ -59,9 +62,11 @@ def lm_loss(lm, ctx: InterventionContext, plan: Plan, input_ids, attention_mask,
         ctx, plan: the hooks' context and this call's edits (every placement covers all rows, in order).
         chunk: use the shared-prefix / frozen-prefix chunking (off under gradient checkpointing).
         frozen: this batch's use of the frozen-block cache, or None.
+        prefixes: the KV caches of unedited shared prefixes to reuse and fill, or None (valid only while the model
+            is frozen and deterministic: the caller's check).
     """
     hidden, offset = decoder_hidden(lm.base_model, ctx, plan, input_ids, attention_mask, labels,
-                                    cache_key=cache_key, chunk=chunk, frozen=frozen)
+                                    cache_key=cache_key, chunk=chunk, frozen=frozen, prefixes=prefixes)
     targets = labels[:, offset + 1:]
     keep = targets != -100  # [B, T-1-offset]
     h = hidden[:, :-1][keep]  # [N, d]: only positions that predict a label
@@ -74,7 +79,8 @@ def lm_loss(lm, ctx: InterventionContext, plan: Plan, input_ids, attention_mask,
 
 
 def decoder_hidden(base, ctx: InterventionContext, plan: Plan, input_ids, attention_mask, labels=None, *,
-                   cache_key: str, chunk: bool = True, frozen: FrozenBatch | None = None) -> tuple[torch.Tensor, int]:
+                   cache_key: str, chunk: bool = True, frozen: FrozenBatch | None = None,
+                   prefixes: PrefixCache | None = None) -> tuple[torch.Tensor, int]:
     """Last hidden states from position ``offset`` on, and ``offset`` (where the last chunk starts)."""
     shared, split = chunk_bounds(input_ids, attention_mask, plan, labels) if chunk and ctx.enabled else (0, 0)
     if max(shared, split) < 2:
@@ -87,13 +93,9 @@ def decoder_hidden(base, ctx: InterventionContext, plan: Plan, input_ids, attent
         _finish(frozen, shared)
         return hidden, shared
     cache = None
-    if shared >= 2:  # chunk 1: the shared prefix, once
-        with ctx.using(map_plan(plan, lambda p: _prefix_edits(p, shared))), \
-                torch.set_grad_enabled(torch.is_grad_enabled() and shared > split), \
-                _reusing(frozen, (slice(0, 1), slice(0, shared))):
-            cache = getattr(base(input_ids=input_ids[:1, :shared], attention_mask=attention_mask[:1, :shared],
-                                 use_cache=True), cache_key)
-        cache.batch_repeat_interleave(input_ids.shape[0])
+    if shared >= 2:  # chunk 1: the shared prefix, once (and, unedited, once across batches)
+        cache = _shared_prefix_cache(base, ctx, plan, input_ids, attention_mask, shared, split, cache_key, frozen,
+                                     prefixes if shared <= split else None)
     start = shared if shared >= 2 else 0
     if split > start:  # chunk 2: the rest of the frozen part, without autograd or edits
         with torch.no_grad(), ctx.using(None), _reusing(frozen, (slice(None), slice(start, split))):
@@ -106,6 +108,36 @@ def decoder_hidden(base, ctx: InterventionContext, plan: Plan, input_ids, attent
                    **{cache_key: cache})
     _finish(frozen, shared if shared >= 2 else 0)
     return out.last_hidden_state, start
+
+
+def _shared_prefix_cache(base, ctx: InterventionContext, plan: Plan, input_ids, attention_mask, shared: int,
+                         split: int, cache_key: str, frozen: FrozenBatch | None, prefixes: PrefixCache | None):
+    """The KV cache of the first ``shared`` tokens (alike in every row), repeated for the batch.
+
+    Computed for one row (gradients flow back through the repeat when the prefix holds edits); an unedited prefix
+    (``prefixes`` given) is looked up first and stored after (:mod:`reft.fast.prefix_cache`).
+    """
+    rows, where = input_ids.shape[0], (slice(0, 1), slice(0, shared))
+    key = capturing = None
+    if prefixes is not None:
+        # a replayed forward's cache holds placeholders for blocks ≤ L: kept apart from a computed one
+        replayed = frozen.layer if frozen is not None and frozen.replay else None
+        capturing = frozen.layer if frozen is not None and not frozen.replay else None  # h_L is needed too
+        key = prefixes.key(input_ids[0, :shared], base.config, replayed)
+        entry = prefixes.get(key, capturing)
+        if entry is not None:
+            if capturing is not None:
+                frozen.put(where, entry.hidden)
+            return prefixes.for_batch(entry, rows)
+    with ctx.using(map_plan(plan, lambda p: _prefix_edits(p, shared))), \
+            torch.set_grad_enabled(torch.is_grad_enabled() and shared > split), _reusing(frozen, where):
+        cache = getattr(base(input_ids=input_ids[:1, :shared], attention_mask=attention_mask[:1, :shared],
+                             use_cache=True), cache_key)
+    if key is not None:
+        hidden = frozen.get(where) if capturing is not None else None
+        prefixes.put(key, cache, hidden, capturing if hidden is not None else None)
+    cache.batch_repeat_interleave(rows)
+    return cache
 
 
 def _prefix_row_hidden(base, ctx: InterventionContext, plan: Plan, input_ids, attention_mask, shared: int,

@@ -65,14 +65,11 @@ class FrozenBatch:
             return
 
         def capture(module, args, output):
-            h = output if isinstance(output, torch.Tensor) else None
-            if h is None:  # a block that returns a tuple: not supported, stop using the cache for this batch
-                self.full = None
+            if not isinstance(output, torch.Tensor):  # a block that returns a tuple: not supported, stop using the
+                self.full = None                      # cache for this batch
                 self.keys = []
                 return None
-            if self.full is None:
-                self.full = h.new_zeros(*self._shape, h.shape[-1])
-            self.full[index] = h.detach()
+            self.put(index, output)
             return None
 
         handle = block.register_forward_hook(capture, prepend=True)  # before the edit hooks
@@ -80,6 +77,22 @@ class FrozenBatch:
             yield
         finally:
             handle.remove()
+
+    @property
+    def layer(self) -> int:
+        return self.owner.layer
+
+    def put(self, index: Index, h: torch.Tensor) -> None:
+        """Capturing: ``h`` is ``h_L`` at ``index`` of the batch layout (computed elsewhere, e.g. a stored prefix)."""
+        if self.replay or not self.keys:
+            return
+        if self.full is None:
+            self.full = h.new_zeros(*self._shape, h.shape[-1])
+        self.full[index] = h.detach()
+
+    def get(self, index: Index) -> torch.Tensor | None:
+        """``h_L`` at ``index``, as captured or replayed so far (``None`` before the first capture)."""
+        return None if self.full is None else self.full[index]
 
     def finish(self, shared: int = 0) -> None:
         """After the batch's forwards: store the rows (``shared`` leading columns were computed in row 0 only)."""

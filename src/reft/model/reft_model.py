@@ -22,6 +22,7 @@ from ..config import ReftConfig
 from ..fast import engine
 from ..fast.frozen_cache import FrozenBatch, FrozenCache, stochastic_modules
 from ..fast.loss import has_plain_lm_head
+from ..fast.prefix_cache import PrefixCache
 from .adapter import Adapter
 from .compose import BASE, Composition, UnknownAdapterError, check_adapter_name, parse_composition
 from .hooks import InterventionContext, Part, Plan, register_intervention_hook
@@ -77,11 +78,14 @@ class ReftModel(SaveLoadMixin, nn.Module):
         self._generating: tuple[Plan | None, int] | None = None
         self.cache_key = cache_name(transformers_model(model))  # looked up once, not per forward
         # the training engine (reft.fast, docs/engine.md): False = every loss is the base model's plain forward;
-        # finer switches: split_frozen_prefix (the chunking) and frozen_cache = None (the reuse across epochs)
+        # finer switches: split_frozen_prefix (the chunking), frozen_cache = None (the reuse across epochs) and
+        # prefix_cache = None (an unedited shared prefix's KV reused across batches)
         self.fast_training = True
         self.split_frozen_prefix = True
         self._frozen_cache: FrozenCache | None = None
         self._reuse_frozen = True
+        self.prefix_cache: PrefixCache | None = PrefixCache(self.model.parameters())  # None = off
+        self._stochastic: list[nn.Module] | None = None
         self._ctx.handles.append(  # on the module whose forward `generate` calls each step
             transformers_model(model).register_forward_pre_hook(self._generation_step, with_kwargs=True))
         model._reft_wrapped = True
@@ -311,11 +315,12 @@ class ReftModel(SaveLoadMixin, nn.Module):
         if labels is not None and plan is not None and not kwargs and self.fast_training:
             trainable_base = any(p.requires_grad for p in self.model.parameters())  # one scan per forward
             if self._fast_loss_ok(trainable_base, plan):
-                frozen = None if trainable_base or adapter_names is not None else self._frozen_batch(
-                    input_ids, attention_mask)
+                reuse = not trainable_base and adapter_names is None
+                frozen = self._frozen_batch(input_ids, attention_mask) if reuse else None
                 return engine.lm_loss(transformers_model(self.model), self._ctx, plan, input_ids, attention_mask,
                                       labels, num_items_in_batch, cache_key=self.cache_key,
-                                      chunk=self.split_frozen_prefix and not self._checkpointing(), frozen=frozen)
+                                      chunk=self.split_frozen_prefix and not self._checkpointing(), frozen=frozen,
+                                      prefixes=self._prefixes() if reuse else None)
         if labels is not None and num_items_in_batch is not None:
             kwargs["num_items_in_batch"] = num_items_in_batch
         with self._ctx.using(plan):
@@ -354,6 +359,15 @@ class ReftModel(SaveLoadMixin, nn.Module):
         if self._frozen_cache is None or not self._ctx.enabled or self._checkpointing():
             return None
         return self._frozen_cache.begin(input_ids, attention_mask)
+
+    def _prefixes(self) -> PrefixCache | None:
+        """:attr:`prefix_cache` when every module of the base model is deterministic now (no dropout training)."""
+        cache = self.prefix_cache
+        if cache is None:
+            return None
+        if self._stochastic is None:
+            self._stochastic = stochastic_modules(self.model.modules())
+        return None if any(m.training for m in self._stochastic) else cache
 
     def _checkpointing(self) -> bool:
         checkpointing = getattr(self.model, "is_activation_checkpointing", None)
