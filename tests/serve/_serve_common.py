@@ -46,9 +46,9 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
-def serve_model(layers: int = 4):
+def serve_model(layers: int = 4, hidden: int = 32):
     """The tiny random Llama every server test serves (same weights every call)."""
-    return tiny_llama(layers=layers, init=INIT)
+    return tiny_llama(layers=layers, hidden=hidden, init=INIT)
 
 
 def make_adapter(path: Path, seed: int, *, positions: str = "f2+l2", layers: str = "1;2", rank: int = 4,
