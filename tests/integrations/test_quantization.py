@@ -186,8 +186,9 @@ def test_reft_serve_runs_adapters_on_a_4bit_base(tmp_path):
 
     # linear inputs of 64 features, one bitsandbytes block: on CPUs with AVX512-BF16, bitsandbytes repacks NF4
     # weights for its CPU kernel at the first no-grad forward, which fails for fewer features than a block
-    serve_model(hidden=64).save_pretrained(tmp_path / "model")
-    adapter = make_adapter(tmp_path / "adapter", 1, model=serve_model(hidden=64))
+    base = serve_model(hidden=64)
+    base.save_pretrained(tmp_path / "model")
+    adapter = make_adapter(tmp_path / "adapter", 1, model=base)
     app, engine, _ = build({"a": adapter}, model=load(tmp_path / "model", "4bit", "bitsandbytes"))
     tokenizer, prompt = char_tokenizer(), "the quick brown fox"
     with running(app) as srv:

@@ -134,8 +134,7 @@ def _shared_prefix_cache(base, ctx: InterventionContext, plan: Plan, input_ids, 
         cache = getattr(base(input_ids=input_ids[:1, :shared], attention_mask=attention_mask[:1, :shared],
                              use_cache=True), cache_key)
     if key is not None:
-        hidden = frozen.get(where) if capturing is not None else None
-        prefixes.put(key, cache, hidden, capturing if hidden is not None else None)
+        prefixes.put(key, cache, frozen.get(where) if capturing is not None else None, capturing)
     cache.batch_repeat_interleave(rows)
     return cache
 

@@ -53,6 +53,7 @@ class PrefixCache:
         self.max_entries, self.max_bytes = max_entries, max_bytes
         self._entries: OrderedDict[tuple, PrefixEntry] = OrderedDict()
         self._stamp = weights_stamp(self.params)
+        self.nbytes = 0  # of every entry
         self.hits = 0
 
     def __len__(self) -> int:
@@ -60,6 +61,7 @@ class PrefixCache:
 
     def clear(self) -> None:
         self._entries.clear()
+        self.nbytes = 0
 
     @staticmethod
     def key(prefix_ids: torch.Tensor, config, replayed: int | None = None) -> tuple:
@@ -72,7 +74,7 @@ class PrefixCache:
         """The entry for ``key``; with ``layer``, only one that also holds block ``layer``'s output."""
         stamp = weights_stamp(self.params)
         if stamp != self._stamp:  # the weights changed: nothing stored is theirs
-            self._entries.clear()
+            self.clear()
             self._stamp = stamp
         entry = self._entries.get(key)
         if entry is None or (layer is not None and entry.layer != layer):
@@ -86,14 +88,15 @@ class PrefixCache:
         output ``hidden`` (``[1, S, d]``)."""
         nbytes = sum(t.numel() * t.element_size() for t in _tensors(cache))
         nbytes += hidden.numel() * hidden.element_size() if hidden is not None else 0
-        self._entries.pop(key, None)
+        if key in self._entries:
+            self.nbytes -= self._entries.pop(key).nbytes
         if nbytes > self.max_bytes:
             return
-        while self._entries and (len(self._entries) >= self.max_entries
-                                 or sum(e.nbytes for e in self._entries.values()) + nbytes > self.max_bytes):
-            self._entries.popitem(last=False)
+        while self._entries and (len(self._entries) >= self.max_entries or self.nbytes + nbytes > self.max_bytes):
+            self.nbytes -= self._entries.popitem(last=False)[1].nbytes
         self._entries[key] = PrefixEntry(copy.deepcopy(cache), None if hidden is None else hidden.detach().clone(),
                                          layer if hidden is not None else None, nbytes)
+        self.nbytes += nbytes
 
     @staticmethod
     def for_batch(entry: PrefixEntry, rows: int):
