@@ -16,6 +16,11 @@ Packed: the model's input is one row of the ``T`` real tokens of that ``[B+1, L]
 out), so its projections and MLPs do no work on padding. Only attention needs the rows: it scatters ``Q, K, V``
 (``[1, H, T, D]``) into ``[B+1, H, L, D]`` at ``index`` (the flat positions of the real tokens), runs the above, and
 gathers its output back to ``[1, T, H, D]``.
+
+Grouped KV heads (``H_kv = H / g``): under a mask transformers' SDPA repeats ``K, V`` to ``H`` heads before the kernel
+(and autograd keeps the repeats). On a CPU, :func:`_sdpa` instead hands the ``H_kv`` heads to torch's SDPA with
+``enable_gqa`` (query head ``h`` reads KV head ``⌊h/g⌋`` in place): the same scores, ``g``× less KV in the saved
+tensors. :func:`grouped_kv_attention` switches a model's plain SDPA to it for a block.
 """
 
 from __future__ import annotations
@@ -25,13 +30,32 @@ import contextvars
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+GQA = "reft_sdpa_gqa"
 NAME = "reft_shared_prefix"
 PACKED = "reft_shared_prefix_packed"
 # the active packed layout, per thread / task (set by shared_prefix_attention)
 _index: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("reft_packed_index", default=None)
+
+
+def _sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None, **kwargs):
+    """``softmax(Q Kᵀ · scaling + mask) V`` → ``[B, L, H, D]``; ``Q``: ``[B, H, L, D]``, ``K, V``: ``[B, H_kv, S, D]``.
+
+    A masked CPU call with grouped KV heads runs torch's SDPA with ``enable_gqa``; anything else (no mask: transformers
+    already uses ``enable_gqa`` or ``is_causal``; other devices, where ``enable_gqa`` under a mask can fall back to the
+    math kernel; position biases, softcapping) goes to transformers' SDPA unchanged.
+    """
+    if (attention_mask is None or getattr(module, "num_key_value_groups", 1) == 1 or query.device.type != "cpu"
+            or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None):
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
+                                               scaling=scaling, **kwargs)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
+                                         scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _shared_prefix_sdpa(module, query, key, value, attention_mask, **kwargs):
@@ -39,7 +63,7 @@ def _shared_prefix_sdpa(module, query, key, value, attention_mask, **kwargs):
     rows = key.shape[0]
     key = torch.cat([key[:1, :, :prefix].expand(rows, -1, -1, -1), key], dim=2)
     value = torch.cat([value[:1, :, :prefix].expand(rows, -1, -1, -1), value], dim=2)
-    return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+    return _sdpa(module, query, key, value, attention_mask, **kwargs)
 
 
 def _unpack(x: torch.Tensor, index: torch.Tensor, rows: int, width: int) -> torch.Tensor:
@@ -58,16 +82,32 @@ def _packed_shared_prefix_sdpa(module, query, key, value, attention_mask, **kwar
 
 
 def _register() -> None:
-    """Register the two attention functions with transformers, once, the first time they are used (importing reft
-    changes nothing global)."""
+    """Register the attention functions with transformers, once, the first time they are used (importing reft
+    changes nothing global). :data:`GQA` builds its masks as SDPA does; the other two get ready 4D masks."""
     if PACKED not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(GQA, _sdpa)
+        AttentionMaskInterface.register(GQA, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
         AttentionInterface.register(NAME, _shared_prefix_sdpa)
         AttentionInterface.register(PACKED, _packed_shared_prefix_sdpa)
 
 
 def supports_shared_prefix(config) -> bool:
     """The model runs SDPA attention (the shared-prefix function delegates to it)."""
-    return getattr(config, "_attn_implementation", None) == "sdpa"
+    return getattr(config, "_attn_implementation", None) in ("sdpa", GQA)
+
+
+@contextlib.contextmanager
+def grouped_kv_attention(config) -> Iterator[None]:
+    """Within this block a model with SDPA attention uses :func:`_sdpa` (grouped KV heads read in place)."""
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        yield
+        return
+    _register()
+    config._attn_implementation = GQA
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..model.hooks import InterventionContext, Plan, map_plan
-from .attention import shared_prefix_attention, shared_prefix_mask, supports_shared_prefix
+from .attention import grouped_kv_attention, shared_prefix_attention, shared_prefix_mask, supports_shared_prefix
 from .frozen_cache import FrozenBatch
 from .loss import linear_cross_entropy
 from .prefix_cache import PrefixCache
@@ -53,7 +53,7 @@ def _finish(frozen: FrozenBatch | None, shared: int) -> None:
 
 
 def lm_loss(lm, ctx: InterventionContext, plan: Plan, input_ids, attention_mask, labels, num_items_in_batch=None, *,
-            cache_key: str, chunk: bool = True, frozen: FrozenBatch | None = None,
+            cache_key: str, chunk: bool = True, grouped_kv: bool = True, frozen: FrozenBatch | None = None,
             prefixes: PrefixCache | None = None) -> CausalLMOutputWithPast:
     """``Σ CE / num_items_in_batch`` over the label tokens (``labels`` shifted inside), ``logits=None``.
 
@@ -61,12 +61,15 @@ def lm_loss(lm, ctx: InterventionContext, plan: Plan, input_ids, attention_mask,
         lm: a causal LM with a plain head (:func:`reft.fast.loss.has_plain_lm_head`), frozen.
         ctx, plan: the hooks' context and this call's edits (every placement covers all rows, in order).
         chunk: use the shared-prefix / frozen-prefix chunking (off under gradient checkpointing).
+        grouped_kv: run masked SDPA on the grouped KV heads in place (:func:`reft.fast.attention.grouped_kv_attention`;
+            off under gradient checkpointing, whose recomputation runs after this returns, on the model's attention).
         frozen: this batch's use of the frozen-block cache, or None.
         prefixes: the KV caches of unedited shared prefixes to reuse and fill, or None (valid only while the model
             is frozen and deterministic: the caller's check).
     """
     hidden, offset = decoder_hidden(lm.base_model, ctx, plan, input_ids, attention_mask, labels,
-                                    cache_key=cache_key, chunk=chunk, frozen=frozen, prefixes=prefixes)
+                                    cache_key=cache_key, chunk=chunk, grouped_kv=grouped_kv, frozen=frozen,
+                                    prefixes=prefixes)
     targets = labels[:, offset + 1:]
     keep = targets != -100  # [B, T-1-offset]
     h = hidden[:, :-1][keep]  # [N, d]: only positions that predict a label
@@ -79,9 +82,16 @@ def lm_loss(lm, ctx: InterventionContext, plan: Plan, input_ids, attention_mask,
 
 
 def decoder_hidden(base, ctx: InterventionContext, plan: Plan, input_ids, attention_mask, labels=None, *,
-                   cache_key: str, chunk: bool = True, frozen: FrozenBatch | None = None,
+                   cache_key: str, chunk: bool = True, grouped_kv: bool = True, frozen: FrozenBatch | None = None,
                    prefixes: PrefixCache | None = None) -> tuple[torch.Tensor, int]:
     """Last hidden states from position ``offset`` on, and ``offset`` (where the last chunk starts)."""
+    with grouped_kv_attention(base.config) if grouped_kv else contextlib.nullcontext():
+        return _decoder_hidden(base, ctx, plan, input_ids, attention_mask, labels, cache_key=cache_key, chunk=chunk,
+                               frozen=frozen, prefixes=prefixes)
+
+
+def _decoder_hidden(base, ctx: InterventionContext, plan: Plan, input_ids, attention_mask, labels, *, cache_key: str,
+                    chunk: bool, frozen: FrozenBatch | None, prefixes: PrefixCache | None) -> tuple[torch.Tensor, int]:
     shared, split = chunk_bounds(input_ids, attention_mask, plan, labels) if chunk and ctx.enabled else (0, 0)
     if max(shared, split) < 2:
         with ctx.using(plan), _reusing(frozen, (slice(None), slice(None))):

@@ -315,11 +315,12 @@ class ReftModel(SaveLoadMixin, nn.Module):
         if labels is not None and plan is not None and not kwargs and self.fast_training:
             trainable_base = any(p.requires_grad for p in self.model.parameters())  # one scan per forward
             if self._fast_loss_ok(trainable_base, plan):
-                reuse = not trainable_base and adapter_names is None
+                reuse, checkpointing = not trainable_base and adapter_names is None, self._checkpointing()
                 frozen = self._frozen_batch(input_ids, attention_mask) if reuse else None
                 return engine.lm_loss(transformers_model(self.model), self._ctx, plan, input_ids, attention_mask,
                                       labels, num_items_in_batch, cache_key=self.cache_key,
-                                      chunk=self.split_frozen_prefix and not self._checkpointing(), frozen=frozen,
+                                      chunk=self.split_frozen_prefix and not checkpointing,
+                                      grouped_kv=not checkpointing, frozen=frozen,
                                       prefixes=self._prefixes() if reuse else None)
         if labels is not None and num_items_in_batch is not None:
             kwargs["num_items_in_batch"] = num_items_in_batch
