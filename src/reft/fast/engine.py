@@ -30,6 +30,7 @@ from .attention import grouped_kv_attention, shared_prefix_attention, shared_pre
 from .frozen_cache import FrozenBatch
 from .loss import linear_cross_entropy
 from .prefix_cache import PrefixCache
+from .recompute import recompute_activations
 
 
 def _prefix_edits(positions: torch.Tensor, shared: int) -> torch.Tensor:
@@ -85,7 +86,7 @@ def decoder_hidden(base, ctx: InterventionContext, plan: Plan, input_ids, attent
                    cache_key: str, chunk: bool = True, grouped_kv: bool = True, frozen: FrozenBatch | None = None,
                    prefixes: PrefixCache | None = None) -> tuple[torch.Tensor, int]:
     """Last hidden states from position ``offset`` on, and ``offset`` (where the last chunk starts)."""
-    with grouped_kv_attention(base.config) if grouped_kv else contextlib.nullcontext():
+    with grouped_kv_attention(base.config) if grouped_kv else contextlib.nullcontext(), recompute_activations():
         return _decoder_hidden(base, ctx, plan, input_ids, attention_mask, labels, cache_key=cache_key, chunk=chunk,
                                frozen=frozen, prefixes=prefixes)
 
