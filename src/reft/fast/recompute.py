@@ -19,25 +19,15 @@ import torch.nn.functional as F
 _SILU = "SiluBackward0"
 
 
-class _Recompute:
-    """A saved ``silu(g)``, as its node (which holds ``g``). An in-place change of the output before it was saved
-    gives it another ``grad_fn``; one after it was saved does not matter: the value saved is recomputed."""
-
-    __slots__ = ("node",)
-
-    def __init__(self, node) -> None:
-        self.node = node
-
-
 def _pack(t: torch.Tensor):
+    """A ``silu`` output is kept as its node (which holds its input). An in-place change before the save gives the
+    tensor another ``grad_fn``; one after it does not matter: the value saved is recomputed."""
     node = t.grad_fn
-    return _Recompute(node) if node is not None and type(node).__name__ == _SILU else t
+    return node if node is not None and type(node).__name__ == _SILU else t
 
 
 def _unpack(saved) -> torch.Tensor:
-    if isinstance(saved, _Recompute):
-        return F.silu(saved.node._saved_self)
-    return saved
+    return saved if isinstance(saved, torch.Tensor) else F.silu(saved._saved_self)
 
 
 @contextlib.contextmanager
