@@ -102,12 +102,20 @@ def grouped_kv_attention(config) -> Iterator[None]:
     if getattr(config, "_attn_implementation", None) != "sdpa":
         yield
         return
+    with _attention(config, GQA):
+        yield
+
+
+@contextlib.contextmanager
+def _attention(config, name: str) -> Iterator[None]:
+    """``config._attn_implementation = name`` for the block (registering reft's functions first)."""
     _register()
-    config._attn_implementation = GQA
+    previous = config._attn_implementation
+    config._attn_implementation = name
     try:
         yield
     finally:
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = previous
 
 
 @contextlib.contextmanager
@@ -118,14 +126,11 @@ def shared_prefix_attention(config, index: torch.Tensor | None = None) -> Iterat
         config: the model's config (its ``_attn_implementation`` is switched for the block).
         index: ``[T]``, the flat ``row · L + column`` slot of each token of a packed input; default: not packed.
     """
-    _register()
-    previous = config._attn_implementation
-    config._attn_implementation = NAME if index is None else PACKED
     token = _index.set(index)
     try:
-        yield
+        with _attention(config, NAME if index is None else PACKED):
+            yield
     finally:
-        config._attn_implementation = previous
         _index.reset(token)
 
 
