@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -86,7 +87,11 @@ def training_args(args, output_dir: str, **extra) -> transformers.TrainingArgume
 
 
 def emit(result: dict, out: str) -> dict:
-    """Print the result JSON and write it to ``out``."""
+    """Print the result JSON, with the environment it ran in, and write it to ``out``."""
+    from importlib.metadata import distributions
+
+    result = result | {"environment": {"venv": sys.prefix, "distributions": len(list(distributions())),
+                                       "modules_loaded": len(sys.modules)}}
     text = json.dumps(result, indent=2)
     print(text)
     Path(out).write_text(text + "\n")

@@ -1,7 +1,8 @@
 """SmolLM2-135M-Instruct for both benchmark sides, through the library's own loader (`reft.harness.models`).
 
-The peer venv has no `reft` installed, so `src/` is put on the path: importing reft changes nothing global (no
-registration or patching at import), and the loader needs only torch, transformers and safetensors. Both sides thus
+`src/` is put on the path (any venv can run this file): importing reft changes nothing global (no registration or
+patching at import), and the loader needs only torch, transformers and safetensors. `python model_cache.py` builds
+the cache if missing and prints its folder (run.py does so before its first timed run). Both sides thus
 read the same de-quantised safetensors cache (`~/.cache/reft/smollm2-135m-instruct`).
 """
 

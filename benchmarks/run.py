@@ -1,13 +1,15 @@
 """The reft-vs-pyreft benchmark, one command: every run in its own process, side by side, on this machine.
 
-    bash benchmarks/peer_env.sh          # once: the pyreft 0.1.0 + pyvene 0.1.8 virtualenv (benchmarks/.peer-venv)
+    bash benchmarks/peer_env.sh          # once: pyreft 0.1.0, pyvene 0.1.8 and reft in one venv (.peer-venv)
     .venv/bin/python benchmarks/run.py   # or: make bench   [--settings abc] [--limit-train N]
 
 For each task shape (extraction, short, long_prompt, long_response; see shapes.py) and setting (a, b, c; see
 common.py) it runs pyreft (peer_pyreft.py in the peer venv) and reft (reft_side.py) --repeats times each with seeds
 42, 43, ..., alternating which library goes first so drift in the machine's speed hits both, then the frozen-model
-floor (reft_side.py --floor). Results are keyed ``<setting>`` for the extraction shape, ``<shape>/<setting>``
-else. It writes benchmarks/results/benchmark.json, benchmark.md (the table in the README) and benchmark.png.
+floor (reft_side.py --floor). Both libraries run in the one venv peer_env.sh builds (same third-party
+packages; ``--reft-env dev`` runs reft in the venv run.py was started from instead). Results are keyed
+``<setting>`` for the extraction shape, ``<shape>/<setting>`` else. It writes benchmarks/results/benchmark.json,
+benchmark.md (the table in the README) and benchmark.png.
 """
 
 from __future__ import annotations
@@ -181,12 +183,19 @@ def main() -> int:
                     help="runs per library and setting of the other shapes (default: %(default)s; about 25 min for "
                          "short, 2 hours each for long_prompt and long_response here)")
     ap.add_argument("--out", default=str(OUT), help="results folder (default: %(default)s)")
+    ap.add_argument("--reft-env", choices=("bench", "dev"), default="bench",
+                    help="bench (default): reft in the peer venv, on the same packages as pyreft; dev: in this "
+                         "python's venv, whose optional packages (peft, bitsandbytes, scipy, ...) transformers' "
+                         "Trainer imports when present (~100 MiB of RSS more)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep runs already in benchmarks/results/raw (e.g. to finish an interrupted benchmark)")
     args = ap.parse_args()
     if not PEER_PY.exists():
         print(f"no peer venv at {PEER_PY}: run 'bash benchmarks/peer_env.sh' first", file=sys.stderr)
         return 2
+    # the de-quantised model cache first, in its own process: a run that builds it would count the GGUF
+    # conversion in its peak RSS and time
+    subprocess.run([str(PEER_PY), str(HERE / "model_cache.py")], check=True, stdout=subprocess.DEVNULL)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "raw"
@@ -195,8 +204,9 @@ def main() -> int:
     for opt in ("limit_train", "limit_heldout"):
         if getattr(args, opt):
             extra += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
-    reft_py = [sys.executable, str(HERE / "reft_side.py")]
-    results = {"settings": {}, "threads": args.threads, "repeats": args.repeats, "shape_repeats": args.shape_repeats,
+    reft_py = [str(PEER_PY) if args.reft_env == "bench" else sys.executable, str(HERE / "reft_side.py")]
+    results = {"settings": {}, "reft_env": args.reft_env, "threads": args.threads, "repeats": args.repeats,
+               "shape_repeats": args.shape_repeats,
                "machine_load_start": machine_load()}
     floors: set[Path] = set()
     for shape, s in [(shape, s) for shape in args.shapes.split(",") for s in args.settings]:
