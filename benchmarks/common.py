@@ -90,8 +90,11 @@ def emit(result: dict, out: str) -> dict:
     """Print the result JSON, with the environment it ran in, and write it to ``out``."""
     from importlib.metadata import distributions
 
+    import torch
+
     result = result | {"environment": {"venv": sys.prefix, "distributions": len(list(distributions())),
-                                       "modules_loaded": len(sys.modules)}}
+                                       "modules_loaded": len(sys.modules),
+                                       "cpu_capability": torch.backends.cpu.get_cpu_capability()}}
     text = json.dumps(result, indent=2)
     print(text)
     Path(out).write_text(text + "\n")

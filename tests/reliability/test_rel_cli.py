@@ -258,7 +258,12 @@ def test_ctrl_c_says_which_checkpoint_to_resume_from(assets, tmp_path):
         assert proc.poll() is None and time.time() < deadline, "training never reached its second checkpoint"
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"still running 60 s after SIGINT; its stderr:\n{err}")
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     lines = _messages(err, "train")
