@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import sys
 import time
+from importlib.metadata import distributions
 from pathlib import Path
 
+import torch
 import transformers
 
 LAYERS = {"a": [15], "b": [3, 9, 15, 21], "c": [3, 9, 15, 21]}
@@ -87,12 +90,11 @@ def training_args(args, output_dir: str, **extra) -> transformers.TrainingArgume
 
 
 def emit(result: dict, out: str) -> dict:
-    """Print the result JSON, with the environment it ran in, and write it to ``out``."""
-    from importlib.metadata import distributions
-
-    import torch
-
-    result = result | {"environment": {"venv": sys.prefix, "distributions": len(list(distributions())),
+    """Print the result JSON, with the versions and environment both sides share, and write it to ``out``."""
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "transformers": transformers.__version__} | result.get("versions", {})
+    result = result | {"versions": versions,
+                       "environment": {"venv": sys.prefix, "distributions": len(list(distributions())),
                                        "modules_loaded": len(sys.modules),
                                        "cpu_capability": torch.backends.cpu.get_cpu_capability()}}
     text = json.dumps(result, indent=2)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -253,13 +252,7 @@ def main(argv=None):
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "total_s": time.perf_counter() - t_start,
         "machine_load": {"start": load_start, "end": machine_load(), "cpus": os.cpu_count()},
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "pyreft": version("pyreft"),
-            "pyvene": version("pyvene"),
-        },
+        "versions": {"pyreft": version("pyreft"), "pyvene": version("pyvene")},  # + python, torch, transformers (emit)
         "notes": NOTES,
     }
     return emit(result, args.out)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import sys
@@ -178,12 +177,7 @@ def main(argv=None):
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "total_s": time.perf_counter() - t_start,
         "machine_load": {"start": load_start, "end": machine_load()},
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "reft": version("reft"),
-        },
+        "versions": {"reft": version("reft")},  # + python, torch, transformers (emit)
     }
     return emit(result, args.out)
 
