@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 import reft.harness.models as harness_models
 from reft import ReftConfig, get_reft_model
 from reft.cli.main import main as cli_main
-from reft.harness.runs import LOCK_NAME
+from reft.harness.runs import LOCK_NAME, last_checkpoint
 from reft.save_load import WEIGHTS_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -244,8 +244,8 @@ def test_cli_warns_in_one_line_about_responses_cut_to_fit(assets, tmp_path, capf
 
 
 def test_ctrl_c_says_which_checkpoint_to_resume_from(assets, tmp_path):
-    """A real SIGINT to a real 'reft train' process: exit 130, one line naming the checkpoint, no traceback; the
-    printed command resumes."""
+    """A real SIGINT to a real 'reft train' process: the step finishes and is saved; exit 130, one line naming that
+    checkpoint (the newest), no traceback."""
     (tmp_path / "data.jsonl").write_bytes(GOOD)
     out = tmp_path / "out"
     argv = [a.format(w=tmp_path, out=out, **assets) for a in _train("--save-steps", "1", "--epochs", "2000")]
@@ -266,10 +266,11 @@ def test_ctrl_c_says_which_checkpoint_to_resume_from(assets, tmp_path):
         pytest.fail(f"still running 60 s after SIGINT; its stderr:\n{err}")
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+    assert "Ctrl-C: the step in progress will finish, then training will save a checkpoint and stop" in err
     lines = _messages(err, "train")
     assert len(lines) == 1 and re.search(r"interrupted: rerun the same command with --resume to continue from "
                                          r".*checkpoint-\d+$", lines[0]), err
     checkpoint = lines[0].rsplit(" ", 1)[1]
-    assert os.path.isdir(checkpoint)
+    assert os.path.isdir(checkpoint) and checkpoint == last_checkpoint(out)
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
     assert state["global_step"] >= 2

@@ -39,7 +39,8 @@ run is: config, data, settings), and tensorboard/ with --report-to tensorboard; 
 
 A run folder belongs to one run: --resume continues its newest checkpoint, and refuses a checkpoint of other data
 or settings; without --resume a folder holding checkpoints is refused; a second 'reft train' into the same folder
-is refused while the first runs. Ctrl-C says which checkpoint --resume continues from.
+is refused while the first runs. Ctrl-C finishes the step in progress, saves it (with --save-steps), stops and says
+which checkpoint --resume continues from; a second Ctrl-C stops at once.
 
 With --task (see reft.harness.tasks: boolq, arc_e, math_data_3k, sst2, ...) the run trains on a seeded subset
 of --limit training examples, evaluates on --eval-split (first --eval-limit examples) and writes results.json.

@@ -41,6 +41,7 @@ from ..model.layers import transformers_model
 from ..save_load import atomic_directory
 from ..trainer import FiniteGuard, NonFiniteLossError, training_fingerprint
 from .classification import BASE_DROPOUT, classification_loss, fit_classifier
+from .interrupt import stop_on_interrupt
 from .recipe import TrainSettings, reporting_callbacks, training_arguments, write_run_outputs
 from .runs import CHECKPOINTS, claim, run_folder
 
@@ -185,7 +186,8 @@ def train_lora_causal(
                                     callbacks=[FiniteGuard(), *reporting_callbacks(settings, out_dir)],
                                     data_collator=ReftDataCollator(tokenizer.pad_token_id))
         claim(out_dir, training_fingerprint(args, dataset, peft_model))
-        result = trainer.train()
+        with stop_on_interrupt(trainer):
+            result = trainer.train()
         peft_model.eval()
 
         def write(tmp: str) -> None:

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, Trainer, TrainerCallback
 
 from ..trainer import FiniteGuard, ReftTrainer, training_fingerprint
+from .interrupt import stop_on_interrupt
 from .recipe import TrainSettings, loss_curve, reporting_callbacks, training_arguments
 from .runs import claim, run_folder
 
@@ -290,7 +291,7 @@ def fit_classifier(
     claim(out_dir, training_fingerprint(args, dataset, model) | {"dev_examples": len(dev_examples or ()),
                                                                   "base_dropout": base_dropout_active})
     start = time.perf_counter()
-    with base_dropout(model, base_dropout_active):
+    with base_dropout(model, base_dropout_active), stop_on_interrupt(trainer):
         trainer.train()
     runtime = time.perf_counter() - start
     if selector is not None:

@@ -23,6 +23,7 @@ from ..model import ReftModel, get_reft_model
 from ..quantization import describe_quantization
 from ..save_load import atomic_write_file, atomic_write_text
 from ..trainer import ReftTrainer
+from .interrupt import stop_on_interrupt
 from .runs import CHECKPOINTS, claim, last_checkpoint, run_folder
 
 #: the logging integrations a run can report to (all offline)
@@ -168,7 +169,8 @@ def train_reft(
     ``out_dir/reft_run.json`` (the run's fingerprint) and Trainer checkpoints in ``out_dir/checkpoints`` when
     ``settings.save_steps`` is set. ``out_dir`` belongs to one run (:mod:`reft.harness.runs`): ``resume=True``
     continues from its newest checkpoint, which must be this run's; without it a folder holding checkpoints is
-    refused; a second process is locked out.
+    refused; a second process is locked out. Ctrl-C finishes the step, saves it as a checkpoint (with
+    ``save_steps``) and raises KeyboardInterrupt (:mod:`reft.harness.interrupt`).
 
     Args:
         prompt_format: how ``prompts`` were rendered (:func:`reft.generation.prompt_format`), stored in the
@@ -202,7 +204,8 @@ def train_reft(
         if resume and last is None:
             warnings.warn(f"nothing to resume in {os.path.join(out_dir, CHECKPOINTS)}: training from step 0",
                           stacklevel=2)
-        result = trainer.train(resume_from_checkpoint=last)
+        with stop_on_interrupt(trainer):
+            result = trainer.train(resume_from_checkpoint=last)
         run_info = {"examples": len(dataset), "epochs": settings.epochs, "learning rate": settings.lr,
                     "batch size": settings.batch_size, "steps": trainer.state.global_step,
                     "metrics": {k: v for k, v in result.metrics.items() if k in ("train_loss", "train_runtime")}}
