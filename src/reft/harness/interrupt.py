@@ -1,4 +1,4 @@
-"""Ctrl-C during training as a request: finish the step, save a checkpoint, stop; nothing computed is lost.
+"""Ctrl-C during training as a request: finish the step, save a checkpoint, stop (no finished step is lost).
 
 A ``KeyboardInterrupt`` raised by Python's default SIGINT handler lands at whatever bytecode runs: inside a lock, a
 ``finally``, a ``__del__`` (where Python prints it and carries on), the middle of a checkpoint write. Inside
@@ -19,12 +19,12 @@ from transformers import Trainer, TrainerCallback
 
 
 class _StopAtStepEnd(TrainerCallback):
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, saves: bool) -> None:
+        self.saves, self.requested = saves, False
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.requested:
-            control.should_save = args.save_strategy != "no"
+            control.should_save = self.saves
             control.should_training_stop = True
 
 
@@ -38,14 +38,13 @@ def stop_on_interrupt(trainer: Trainer) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    stop = _StopAtStepEnd()
-    saves = trainer.args.save_strategy != "no"
+    stop = _StopAtStepEnd(saves=trainer.args.save_strategy != "no")
 
     def on_sigint(signum, frame):
         if stop.requested:
             raise KeyboardInterrupt
         stop.requested = True
-        then = "save a checkpoint and stop" if saves else "stop"
+        then = "save a checkpoint and stop" if stop.saves else "stop"
         # os.write, not print: a handler may run in the middle of another write to sys.stderr
         os.write(2, f"\nCtrl-C: the step in progress will finish, then training will {then} "
                     "(Ctrl-C again to stop at once)\n".encode())
