@@ -9,6 +9,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 from reft import ReftConfig, get_reft_model
 from reft.data import IGNORE_INDEX, ReftDataCollator
+from reft.harness.recipe import TrainSettings, train_reft
 from reft.trainer import ReftTrainer
 
 
@@ -29,6 +30,19 @@ class CharTokenizer:
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
         ids = [3 + ord(c) % (VOCAB - 3) for c in text]
         return {"input_ids": ([self.bos_token_id] if add_special_tokens else []) + ids}
+
+
+#: a 9-step ``train_reft`` run (6 examples, batch 2, 3 epochs) of a tiny Llama with a character tokenizer
+RUN_CONFIG = ReftConfig(layers="1;2", positions="f2+l2", rank=4)
+RUN_PROMPTS = ["add one to three", "two plus two", "the cat sat", "a b c d", "hello world", "on and on"]
+RUN_RESPONSES = ["four", "four", "on the mat", "e f", "again", "and on"]
+RUN_SETTINGS = dict(epochs=3, lr=2e-2, batch_size=2, max_length=64, save_steps=2, seed=3)
+
+
+def tiny_run(out, *, settings=None, prompts=RUN_PROMPTS, **kwargs):
+    """That run into ``out`` (``settings`` override :data:`RUN_SETTINGS`): ``train_reft``'s ``(model, metrics)``."""
+    return train_reft(tiny_llama(init=0.2), CharTokenizer(), RUN_CONFIG, prompts, RUN_RESPONSES, out,
+                      TrainSettings(**(RUN_SETTINGS | (settings or {}))), progress=False, **kwargs)
 
 
 def token_examples(n: int = 12, seed: int = 3, prompt: int = 5, response: int = 3) -> list[dict]:

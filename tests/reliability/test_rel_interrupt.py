@@ -6,24 +6,17 @@ import os
 import signal
 
 import pytest
-from _reliability_common import CharTokenizer
-from conftest import tiny_llama
+from _reliability_common import tiny_run
 
-from reft import ReftConfig
-from reft.harness.recipe import TrainSettings, train_reft
 from reft.harness.runs import last_checkpoint
 from reft.trainer import ReftTrainer
 
-CONFIG = ReftConfig(layers="1;2", positions="f2+l2", rank=4)
-PROMPTS = ["add one to three", "two plus two", "the cat sat", "a b c d", "hello world", "on and on"]
-RESPONSES = ["four", "four", "on the mat", "e f", "again", "and on"]
-# 9 steps; no checkpoint falls due on its own (save_steps 100): one is saved only on Ctrl-C
-SETTINGS = dict(epochs=3, lr=2e-2, batch_size=2, max_length=64, save_steps=100, seed=3)
+# no checkpoint falls due on its own (save_steps 100): one is saved only on Ctrl-C
+SETTINGS = {"save_steps": 100}
 
 
 def _train(out, settings=None, **kwargs):
-    return train_reft(tiny_llama(init=0.2), CharTokenizer(), CONFIG, PROMPTS, RESPONSES, out,
-                      TrainSettings(**(SETTINGS | (settings or {}))), progress=False, **kwargs)
+    return tiny_run(out, settings=SETTINGS | (settings or {}), **kwargs)
 
 
 def _sigint_during_step(monkeypatch, step: int, times: int = 1) -> list[int]:

@@ -9,29 +9,17 @@ import sys
 
 import pytest
 from _reliability_common import (  # noqa: F401
-    CharTokenizer,
+    RUN_PROMPTS,
     LossLog,
     make_trainer,
     one_thread,
+    tiny_run,
     token_examples,
     tree_state,
 )
-from conftest import tiny_llama
 
-from reft import ReftConfig
-from reft.harness.recipe import TrainSettings, train_reft
 from reft.harness.runs import LOCK_NAME, RunFolderError
 from reft.trainer import RUN_NAME, ReftTrainer
-
-CONFIG = ReftConfig(layers="1;2", positions="f2+l2", rank=4)
-PROMPTS = ["add one to three", "two plus two", "the cat sat", "a b c d", "hello world", "on and on"]
-RESPONSES = ["four", "four", "on the mat", "e f", "again", "and on"]
-SETTINGS = dict(epochs=3, lr=2e-2, batch_size=2, max_length=64, save_steps=2, seed=3)
-
-
-def _train(out, *, settings=None, prompts=PROMPTS, **kwargs):
-    return train_reft(tiny_llama(init=0.2), CharTokenizer(), CONFIG, prompts, RESPONSES, out,
-                      TrainSettings(**(SETTINGS | (settings or {}))), progress=False, **kwargs)
 
 
 def test_resume_from_another_runs_checkpoint_names_the_differences(tmp_path):
@@ -60,14 +48,14 @@ def test_resume_from_another_runs_checkpoint_names_the_differences(tmp_path):
 def test_train_reft_resume_of_another_run_and_fresh_run_in_a_used_folder_are_refused(tmp_path):
     """The issue's case: a used --out resumed with other data and learning rate; and a fresh run there."""
     out = tmp_path / "run"
-    _train(out)
+    tiny_run(out)
     before = tree_state(tmp_path)
     with pytest.raises(RunFolderError, match=r"run belongs to another run: data\.sha256: .*training\.learning_rate: "
                                              r"0\.02 \(earlier run\) vs 0\.001 \(this run\)"):
-        _train(out, settings={"lr": 1e-3}, prompts=[p + "!" for p in PROMPTS], resume=True)
+        tiny_run(out, settings={"lr": 1e-3}, prompts=[p + "!" for p in RUN_PROMPTS], resume=True)
     with pytest.raises(RunFolderError, match=r"holds checkpoints of an earlier run \(newest: checkpoint-9\): "
                                              "continue it with --resume"):
-        _train(out)  # a fresh run would write checkpoint-2 … beside the earlier run's checkpoint-9
+        tiny_run(out)  # a fresh run would write checkpoint-2 … beside the earlier run's checkpoint-9
     assert tree_state(tmp_path) == before  # the earlier run's adapter, checkpoints and metrics are untouched
 
 
@@ -81,20 +69,20 @@ def test_a_second_run_on_the_same_folder_is_locked_out(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunFolderError, match=rf"run is in use by another reft run \(pid {holder.pid}\)"):
-            _train(out)
+            tiny_run(out)
         assert os.listdir(out) == [LOCK_NAME]  # the refused run removed nothing of the running one's
     finally:
         holder.stdin.close()
         holder.wait()
     # the holder died without removing its lock file: the stale lock is taken over, then released
     assert os.listdir(out) == [LOCK_NAME]
-    _train(out, settings={"epochs": 1})
+    tiny_run(out, settings={"epochs": 1})
     assert LOCK_NAME not in os.listdir(out) and (out / "adapter").is_dir()
 
 
 @pytest.mark.exact  # equal to the uninterrupted run up to fp32 rounding (frozen-block cache on, see test_rel_resume)
 def test_after_a_resume_metrics_and_curve_cover_the_whole_run(tmp_path, monkeypatch):
-    _, full = _train(tmp_path / "full")
+    _, full = tiny_run(tmp_path / "full")
     assert [s for s, _ in full["loss_curve"]] == list(range(1, 10))
     original = ReftTrainer.compute_loss
 
@@ -105,9 +93,9 @@ def test_after_a_resume_metrics_and_curve_cover_the_whole_run(tmp_path, monkeypa
 
     monkeypatch.setattr(ReftTrainer, "compute_loss", stop_after_step_4)
     with pytest.raises(KeyboardInterrupt):
-        _train(tmp_path / "run")
+        tiny_run(tmp_path / "run")
     monkeypatch.undo()
-    _, resumed = _train(tmp_path / "run", resume=True)
+    _, resumed = tiny_run(tmp_path / "run", resume=True)
     assert resumed["resumed_from"].endswith("checkpoint-4")
     assert [s for s, _ in resumed["loss_curve"]] == list(range(1, 10))  # the first 4 steps come from the checkpoint
     assert [loss for _, loss in resumed["loss_curve"]] == pytest.approx([loss for _, loss in full["loss_curve"]],
@@ -123,10 +111,10 @@ def test_a_failed_run_leaves_no_empty_run_folder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ReftTrainer, "compute_loss", fail)
     with pytest.raises(RuntimeError, match="boom"):
-        _train(tmp_path / "new")
+        tiny_run(tmp_path / "new")
     assert os.listdir(tmp_path) == []  # the folder it created is gone
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     with pytest.raises(RuntimeError, match="boom"):
-        _train(tmp_path / "mine")
+        tiny_run(tmp_path / "mine")
     assert os.listdir(tmp_path / "mine") == ["notes.txt"]  # a folder it did not create stays, without its files
